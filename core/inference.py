@@ -1,0 +1,228 @@
+"""Inference that keeps every object query, and thresholding into `sv.Detections`.
+
+`predict` runs a detector on a batch of images and returns one `QueryOutputs` per image: for each
+of the model's N object queries its class probabilities, top label and score, no-object
+probability and box in pixels of the original image, and, when asked, its decoder
+cross-attention map. `QueryOutputs.to_detections` turns that into the project's boundary type.
+
+No-object probability:
+    DETR (softmax over C classes + "no object"): the no-object column itself, so
+    ``score + no_object <= 1``.
+    Conditional DETR (an independent sigmoid per class, no no-object logit): ``1 - max_c p_c``,
+    the probability mass the query's best class leaves unclaimed. With this definition a query
+    passes a threshold ``t`` exactly when ``no_object <= 1 - t``, as for DETR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import supervision as sv
+import torch
+import torch.nn.functional as F
+
+from core.boxes import box_cxcywh_to_xyxy, clip_boxes_xyxy
+from core.images import ImageSource, load_image
+from core.loading import Detector
+from core.preprocess import preprocess
+
+
+@dataclass
+class QueryOutputs:
+    """Every object query's output for one image (N queries, C classes).
+
+    probs: ``[N, C]`` (sigmoid models) or ``[N, C + 1]`` (softmax models; last column is no-object).
+    boxes: ``[N, 4]`` xyxy in pixels of the original image, clipped to it.
+    label_ids: ``[N]`` index of each query's best real class (never the no-object column).
+    scores: ``[N]`` probability of that class.
+    no_object: ``[N]`` see the module docstring.
+    labels: class names; ``labels[label_ids[i]]`` is query i's top label.
+    image_size: ``(width, height)`` of the original image.
+    attention: decoder layer index -> ``[heads, N, h, w]`` cross-attention over the image's
+        (unpadded) feature map, kept at feature resolution; `attention_map` resizes one query's
+        map to the image. Stored small because N full-size maps would be hundreds of MB.
+    """
+
+    probs: np.ndarray
+    boxes: np.ndarray
+    label_ids: np.ndarray
+    scores: np.ndarray
+    no_object: np.ndarray
+    labels: list[str]
+    image_size: tuple[int, int]
+    attention: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.scores.shape[0])
+
+    def passed(self, threshold: float) -> np.ndarray:
+        """``[N]`` bool: which queries score at least ``threshold``."""
+        return self.scores >= threshold
+
+    def to_detections(self, threshold: float = 0.7, classes: Sequence[str] | None = None) -> sv.Detections:
+        """The queries that pass ``threshold`` (and are of one of ``classes``, if given).
+
+        Returns `sv.Detections` in image pixels with ``class_id``, ``confidence``,
+        ``data["class_name"]`` and ``data["query_index"]``, sorted by descending confidence.
+        """
+        keep = self.passed(threshold)
+        if classes is not None:
+            wanted = [self.labels.index(name) for name in classes if name in self.labels]
+            keep &= np.isin(self.label_ids, wanted)
+        index = np.flatnonzero(keep)
+        index = index[np.argsort(-self.scores[index], kind="stable")]
+        return sv.Detections(
+            xyxy=self.boxes[index].astype(np.float32).reshape(-1, 4),
+            confidence=self.scores[index].astype(np.float32),
+            class_id=self.label_ids[index].astype(int),
+            data={
+                "class_name": np.array([self.labels[i] for i in self.label_ids[index]], dtype=str),
+                "query_index": index.astype(int),
+            },
+        )
+
+    def attention_map(self, query: int, layer: int | None = None, head: int | None = None) -> np.ndarray:
+        """Query ``query``'s cross-attention resized to the image: ``[height, width]`` float32.
+
+        ``layer`` defaults to the last stored layer; ``head=None`` averages the heads.
+        """
+        if not self.attention:
+            raise ValueError("no attention was stored; call predict(..., attention_layers=[-1]).")
+        layer = max(self.attention) if layer is None else layer
+        if layer not in self.attention:
+            raise ValueError(f"decoder layer {layer} was not stored; stored layers: {sorted(self.attention)}.")
+        maps = self.attention[layer]
+        if not 0 <= query < maps.shape[1]:
+            raise ValueError(f"query {query} is out of range; this model has {maps.shape[1]} queries.")
+        if head is not None and not 0 <= head < maps.shape[0]:
+            raise ValueError(f"head {head} is out of range; this layer has {maps.shape[0]} heads.")
+        small = maps[:, query].mean(0) if head is None else maps[head, query]
+        width, height = self.image_size
+        resized = F.interpolate(torch.from_numpy(small)[None, None].float(), size=(height, width), mode="bilinear",
+                                align_corners=False)
+        return resized[0, 0].numpy()
+
+
+def _class_probs(logits: torch.Tensor, scoring: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``logits [B, N, K]`` -> (probs, top score [B, N], top class [B, N], no-object [B, N])."""
+    if scoring == "softmax":
+        probs = logits.softmax(-1)
+        scores, label_ids = probs[..., :-1].max(-1)
+        return probs, scores, label_ids, probs[..., -1]
+    probs = logits.sigmoid()
+    scores, label_ids = probs.max(-1)
+    return probs, scores, label_ids, 1 - scores
+
+
+def _valid_feature_size(mask: torch.Tensor, feature_hw: tuple[int, int]) -> list[tuple[int, int]]:
+    """Unpadded feature-map size of each image, downsampling the pixel mask as DETR's backbone does."""
+    small = F.interpolate(mask[:, None].float(), size=feature_hw)[:, 0].bool()
+    return [(int(m.any(1).sum()), int(m.any(0).sum())) for m in small]
+
+
+def _run_batch(
+    detector: Detector,
+    images: list,
+    shortest_edge: int | None,
+    longest_edge: int | None,
+    attention_layers: Sequence[int] | None,
+) -> list[QueryOutputs]:
+    model = detector.model
+    device = detector.device
+    batch = preprocess(images, detector.preprocess, device, shortest_edge, longest_edge)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    with torch.inference_mode(), autocast:
+        outputs = model(
+            pixel_values=batch.pixel_values,
+            pixel_mask=batch.pixel_mask,
+            output_attentions=bool(attention_layers),
+        )
+    logits = outputs.logits.float()
+    probs, scores, label_ids, no_object = _class_probs(logits, detector.scoring)
+    boxes = box_cxcywh_to_xyxy(outputs.pred_boxes.float())
+
+    attention: dict[int, torch.Tensor] = {}
+    valid: list[tuple[int, int]] = []
+    if attention_layers:
+        cross = outputs.cross_attentions
+        if cross is None or cross[0] is None:
+            raise ValueError(
+                "the model returned no cross-attention; load it with attn_implementation='eager'."
+            )
+        num_layers = len(cross)
+        feature_hw = _feature_size(batch.pixel_values.shape[-2:], cross[0].shape[-1])
+        valid = _valid_feature_size(batch.pixel_mask, feature_hw)
+        for layer in attention_layers:
+            if not -num_layers <= layer < num_layers:
+                raise ValueError(f"decoder layer {layer} does not exist; the model has {num_layers}.")
+            index = layer % num_layers
+            attention[index] = cross[index].float().unflatten(-1, feature_hw)  # [B, heads, N, h, w]
+
+    results = []
+    for i, (height, width) in enumerate(batch.original_sizes):
+        scale = torch.tensor([width, height, width, height], device=boxes.device)
+        pixel_boxes = clip_boxes_xyxy(boxes[i] * scale, width, height)
+        maps = {layer: att[i, :, :, : valid[i][0], : valid[i][1]].cpu().numpy() for layer, att in attention.items()}
+        results.append(
+            QueryOutputs(
+                probs=probs[i].cpu().numpy(),
+                boxes=pixel_boxes.cpu().numpy(),
+                label_ids=label_ids[i].cpu().numpy(),
+                scores=scores[i].cpu().numpy(),
+                no_object=no_object[i].cpu().numpy(),
+                labels=detector.labels,
+                image_size=(width, height),
+                attention=maps,
+            )
+        )
+    return results
+
+
+def _feature_size(padded_hw: torch.Size, flat: int) -> tuple[int, int]:
+    """The backbone's output ``(h, w)`` for a padded input, checked against the attention length."""
+    height, width = int(padded_hw[0]), int(padded_hw[1])
+    # ResNet: stride-2 conv, stride-2 max-pool, three stride-2 stages -> ceil-halving five times.
+    for _ in range(5):
+        height, width = (height + 1) // 2, (width + 1) // 2
+    if height * width != flat:
+        raise ValueError(f"cross-attention length {flat} does not match a {height}x{width} feature map.")
+    return height, width
+
+
+def predict(
+    detector: Detector,
+    images: Sequence[ImageSource],
+    shortest_edge: int | None = None,
+    longest_edge: int | None = None,
+    attention_layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+) -> list[QueryOutputs]:
+    """Run ``detector`` on ``images`` and keep every object query.
+
+    Args:
+        images: paths, bytes, PIL images or arrays; decoded with `core.images.load_image`.
+        shortest_edge / longest_edge: override the model's resize rule (e.g. 512 on CPU).
+        attention_layers: decoder layers whose cross-attention to keep (``[-1]`` = last);
+            None keeps none and is faster.
+        batch_size: images per forward pass; mixed sizes are padded within a batch.
+
+    Returns:
+        One `QueryOutputs` per image, in order.
+
+    Example:
+        >>> outputs = predict(load_detector("bundled"), ["photo.jpg"])  # doctest: +SKIP
+        >>> outputs[0].to_detections(threshold=0.7)
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1.")
+    decoded = [load_image(image) for image in images]
+    results: list[QueryOutputs] = []
+    for start in range(0, len(decoded), batch_size):
+        results.extend(
+            _run_batch(detector, decoded[start : start + batch_size], shortest_edge, longest_edge, attention_layers)
+        )
+    return results

@@ -1,0 +1,364 @@
+"""One function, `load_detector`, loads every model the project uses.
+
+A model is named by a Hugging Face hub id (``facebook/detr-resnet-50``), a local directory in
+``save_pretrained`` layout, or ``bundled`` (the small default model in ``assets/bundled``).
+Official DETR checkpoints store their ResNet under timm's parameter names; timm needs torchvision,
+which we do not install, so such checkpoints are loaded into transformers' own ResNet by rewriting
+the config (`native_backbone_config`) and renaming the weights on load (`timm_key_mapping`).
+Weights are read from safetensors only: pickled ``.bin``/``.pt`` files can run code when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    ConditionalDetrConfig,
+    ConditionalDetrForObjectDetection,
+    DetrConfig,
+    DetrForObjectDetection,
+    PreTrainedModel,
+)
+
+logger = logging.getLogger(__name__)
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED_NAME = "bundled"
+BUNDLED_DIR = ASSETS_DIR / "bundled"
+
+# model_type in config.json -> (config class, model class, "softmax" or "sigmoid" class scores)
+ARCHITECTURES: dict[str, tuple[type, type[PreTrainedModel], str]] = {
+    "detr": (DetrConfig, DetrForObjectDetection, "softmax"),
+    "conditional_detr": (ConditionalDetrConfig, ConditionalDetrForObjectDetection, "sigmoid"),
+}
+
+# timm ResNet name -> (transformers ResNet layer_type, depths, hidden_sizes)
+TIMM_RESNETS: dict[str, tuple[str, list[int], list[int]]] = {
+    "resnet18": ("basic", [2, 2, 2, 2], [64, 128, 256, 512]),
+    "resnet34": ("basic", [3, 4, 6, 3], [64, 128, 256, 512]),
+    "resnet50": ("bottleneck", [3, 4, 6, 3], [256, 512, 1024, 2048]),
+    "resnet101": ("bottleneck", [3, 4, 23, 3], [256, 512, 1024, 2048]),
+    "resnet152": ("bottleneck", [3, 8, 36, 3], [256, 512, 1024, 2048]),
+}
+
+# What DetrImageProcessor uses when a checkpoint has no preprocessor_config.json.
+DEFAULT_IMAGE_MEAN = (0.485, 0.456, 0.406)
+DEFAULT_IMAGE_STD = (0.229, 0.224, 0.225)
+DEFAULT_SHORTEST_EDGE = 800
+DEFAULT_LONGEST_EDGE = 1333
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class ModelLoadError(ValueError):
+    """A model could not be loaded. The message names the model, the reason and the fix."""
+
+
+class HubUnreachableError(ModelLoadError):
+    """A hub id could not be fetched (no network, or not cached). The bundled model may stand in."""
+
+
+@dataclass
+class PreprocessConfig:
+    """What preprocessing needs to know about a model: normalization and the resize rule."""
+
+    image_mean: tuple[float, float, float] = DEFAULT_IMAGE_MEAN
+    image_std: tuple[float, float, float] = DEFAULT_IMAGE_STD
+    shortest_edge: int = DEFAULT_SHORTEST_EDGE  # resize so the shorter side is this...
+    longest_edge: int = DEFAULT_LONGEST_EDGE  # ...unless the longer side would exceed this
+
+
+@dataclass
+class Detector:
+    """A loaded model with everything inference needs.
+
+    ``labels[i]`` is the name of class id ``i``; the model's extra "no object" logit (DETR) is not
+    in the list. ``scoring`` is ``"softmax"`` (DETR: classes + no-object sum to 1) or
+    ``"sigmoid"`` (Conditional DETR: an independent probability per class).
+    """
+
+    model: PreTrainedModel
+    labels: list[str]
+    kind: str
+    scoring: str
+    name: str
+    source: Path
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    note: str | None = None  # shown to the user, e.g. why a fallback model is in use
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.model.config.num_queries)
+
+
+def timm_key_mapping(stages: int = 4, convs_per_block: int = 3) -> dict[str, str]:
+    """Regex renames from timm ResNet parameter names to transformers' ResNet names.
+
+    Matches both the legacy layout of hub checkpoints (``model.backbone.conv_encoder.model.``)
+    and the transformers-5 layout (``model.backbone.model.``). Each pattern has at most one
+    capture group because transformers' `WeightRenaming` substitutes ``\\1`` only; the stage and
+    conv numbers are therefore spelled out per pattern rather than captured.
+
+    timm -> transformers:
+        conv1 / bn1                        -> embedder.embedder.convolution / .normalization
+        layer{s}.{b}.conv{c} / bn{c}       -> encoder.stages.{s-1}.layers.{b}.layer.{c-1}.convolution / .normalization
+        layer{s}.{b}.downsample.0 / .1     -> encoder.stages.{s-1}.layers.{b}.shortcut.convolution / .normalization
+    """
+    prefix = r"backbone\.(?:conv_encoder\.)?model\."
+    out = "backbone.model."
+    mapping = {
+        prefix + r"conv1\.": out + "embedder.embedder.convolution.",
+        prefix + r"bn1\.": out + "embedder.embedder.normalization.",
+    }
+    for stage in range(1, stages + 1):
+        block = f"{out}encoder.stages.{stage - 1}.layers.\\1."
+        for conv in range(1, convs_per_block + 1):
+            mapping[prefix + rf"layer{stage}\.(\d+)\.conv{conv}\."] = f"{block}layer.{conv - 1}.convolution."
+            mapping[prefix + rf"layer{stage}\.(\d+)\.bn{conv}\."] = f"{block}layer.{conv - 1}.normalization."
+        mapping[prefix + rf"layer{stage}\.(\d+)\.downsample\.0\."] = f"{block}shortcut.convolution."
+        mapping[prefix + rf"layer{stage}\.(\d+)\.downsample\.1\."] = f"{block}shortcut.normalization."
+    return mapping
+
+
+def _timm_backbone_name(config: dict[str, Any]) -> str | None:
+    """The timm backbone a config.json asks for, or None when it uses transformers' own backbone."""
+    backbone_config = config.get("backbone_config")
+    if isinstance(backbone_config, dict):
+        if backbone_config.get("model_type") == "timm_backbone":
+            return backbone_config.get("backbone") or "resnet50"
+        return None
+    # Legacy (transformers 4) configs: use_timm_backbone defaults to True when absent.
+    if config.get("use_timm_backbone", True):
+        return config.get("backbone") or "resnet50"
+    return None
+
+
+def native_backbone_config(config: dict[str, Any], where: str) -> tuple[dict[str, Any], bool]:
+    """Rewrite a config.json dict so the model uses transformers' ResNet instead of timm's.
+
+    Returns ``(new_config, converted)``; ``converted`` says whether timm weights need renaming.
+    """
+    timm_name = _timm_backbone_name(config)
+    if timm_name is None:
+        return config, False
+    if timm_name not in TIMM_RESNETS:
+        raise ModelLoadError(
+            f"{where} uses the timm backbone '{timm_name}', which cannot be loaded without timm; "
+            f"supported timm backbones are {', '.join(TIMM_RESNETS)}."
+        )
+    backbone_config = config.get("backbone_config") if isinstance(config.get("backbone_config"), dict) else {}
+    if config.get("dilation") or backbone_config.get("output_stride"):
+        raise ModelLoadError(
+            f"{where} is a dilated (DC5) checkpoint; transformers' ResNet has no dilation, so it "
+            "cannot be loaded without timm. Use a non-DC5 checkpoint such as facebook/detr-resnet-50."
+        )
+    layer_type, depths, hidden_sizes = TIMM_RESNETS[timm_name]
+    new = {k: v for k, v in config.items() if k not in ("use_timm_backbone", "backbone", "backbone_kwargs")}
+    new["use_pretrained_backbone"] = False
+    new["backbone_config"] = {
+        "model_type": "resnet",
+        "num_channels": config.get("num_channels", 3),
+        "embedding_size": 64,
+        "hidden_sizes": hidden_sizes,
+        "depths": depths,
+        "layer_type": layer_type,
+        "hidden_act": "relu",
+        "downsample_in_first_stage": False,
+        "downsample_in_bottleneck": False,  # timm's ResNet-50 is "v1.5": the stride is in the 3x3 conv
+        "out_features": ["stage4"],  # DETR and Conditional DETR use only the last feature map
+    }
+    return new, True
+
+
+def _labels_from_config(config: PreTrainedModel, where: str) -> list[str]:
+    id2label = {int(k): v for k, v in (config.id2label or {}).items()}
+    num_labels = config.num_labels
+    if sorted(id2label) != list(range(num_labels)):
+        raise ModelLoadError(
+            f"{where} has id2label keys {sorted(id2label)[:10]}... that are not 0..{num_labels - 1}; "
+            "fix config.json so every class id has a name."
+        )
+    return [str(id2label[i]) for i in range(num_labels)]
+
+
+def _preprocess_config(directory: Path) -> PreprocessConfig:
+    path = directory / "preprocessor_config.json"
+    if not path.is_file():
+        return PreprocessConfig()
+    raw = json.loads(path.read_text())
+    size = raw.get("size") or {}
+    return PreprocessConfig(
+        image_mean=tuple(raw.get("image_mean", DEFAULT_IMAGE_MEAN)),
+        image_std=tuple(raw.get("image_std", DEFAULT_IMAGE_STD)),
+        shortest_edge=int(size.get("shortest_edge", DEFAULT_SHORTEST_EDGE)),
+        longest_edge=int(size.get("longest_edge", raw.get("max_size", DEFAULT_LONGEST_EDGE))),
+    )
+
+
+def _check_weights(directory: Path, where: str) -> None:
+    if (directory / "model.safetensors").is_file() or (directory / "model.safetensors.index.json").is_file():
+        return
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelLoadError(
+            f"{where} has weights only as {', '.join(pickles)} (pickle), which DETR Studio does not load "
+            "because unpickling can run arbitrary code. Convert them once, where you trust the file: "
+            "`model = AutoModelForObjectDetection.from_pretrained(dir); model.save_pretrained(dir)` "
+            "writes model.safetensors."
+        )
+    raise ModelLoadError(f"{where} has no model.safetensors; it is not a save_pretrained directory.")
+
+
+def _fetch_from_hub(repo_id: str) -> Path:
+    """Download (or find in the cache) the files a DETR checkpoint needs; never pickles."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    patterns = ["config.json", "preprocessor_config.json", "model.safetensors", "model.safetensors.index.json",
+                "model-*.safetensors"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        pass  # not cached yet: fetch it
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10))
+    except RepositoryNotFoundError:
+        raise ModelLoadError(
+            f"'{repo_id}' is not a model on the Hugging Face hub (or it is private); check the name."
+        ) from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        reason = str(error).strip().splitlines()[0][:200]
+        raise HubUnreachableError(
+            f"Could not fetch '{repo_id}' from the Hugging Face hub ({reason}). To use it offline, "
+            f"download it where there is network (`hf download {repo_id}`) and copy the folder here, "
+            "then pass that directory as the model (or set HF_HOME to a cache that has it)."
+        ) from None
+
+
+def resolve_model_dir(name: str | Path) -> Path:
+    """Turn a model name (bundled, a directory, a hub id) into a local directory."""
+    name_str = str(name)
+    if name_str == BUNDLED_NAME:
+        if not (BUNDLED_DIR / "config.json").is_file():
+            raise ModelLoadError(
+                f"The bundled model is missing from this checkout ({BUNDLED_DIR}); "
+                "pass a hub id or a local model directory instead."
+            )
+        return BUNDLED_DIR
+    path = Path(name_str).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"'{name_str}' is a file; pass the directory that holds config.json and model.safetensors."
+            )
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"'{name_str}' has no config.json; it is not a save_pretrained directory.")
+        return path
+    if HUB_ID.match(name_str):
+        return _fetch_from_hub(name_str)
+    raise ModelLoadError(
+        f"'{name_str}' is neither a local directory, a hub id like facebook/detr-resnet-50, nor '{BUNDLED_NAME}'."
+    )
+
+
+def load_detector(
+    name: str | Path,
+    device: str | torch.device | None = None,
+    attn_implementation: str = "eager",
+) -> Detector:
+    """Load a DETR or Conditional DETR detector by name.
+
+    Args:
+        name: a hub id, a ``save_pretrained`` directory, or ``"bundled"``.
+        device: where to put the model; CUDA when available by default.
+        attn_implementation: ``"eager"`` (default) returns the decoder cross-attention maps the
+            Queries view needs; ``"sdpa"`` is faster but returns no attention weights.
+
+    Raises:
+        ModelLoadError: the name cannot be resolved, the architecture is not DETR-family, the
+            weights are pickles or do not match the config. `HubUnreachableError` (a subclass)
+            when a hub id cannot be fetched.
+
+    Example:
+        >>> detector = load_detector("bundled")  # doctest: +SKIP
+        >>> detector.labels
+        ['circle', 'square', 'triangle']
+    """
+    directory = resolve_model_dir(name)
+    where = f"The model '{name}'" + (f" ({directory})" if str(directory) != str(name) else "")
+    try:
+        raw_config = json.loads((directory / "config.json").read_text())
+    except json.JSONDecodeError as error:
+        raise ModelLoadError(f"{where} has a config.json that is not valid JSON ({error}).") from None
+    model_type = raw_config.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ModelLoadError(
+            f"{where} is a '{model_type}' model; DETR Studio loads {' and '.join(ARCHITECTURES)} checkpoints."
+        )
+    _check_weights(directory, where)
+    config_class, model_class, scoring = ARCHITECTURES[model_type]
+    raw_config, converted = native_backbone_config(raw_config, where)
+    try:
+        config = config_class.from_dict(raw_config)
+    except (TypeError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"{where} has a config.json transformers cannot read ({error}).") from None
+
+    try:
+        model, info = model_class.from_pretrained(
+            directory,
+            config=config,
+            key_mapping=timm_key_mapping() if converted else None,
+            use_safetensors=True,
+            attn_implementation=attn_implementation,
+            output_loading_info=True,
+        )
+    except (RuntimeError, ValueError, OSError) as error:
+        raise ModelLoadError(f"{where} could not be loaded: its weights do not fit its config ({error}).") from None
+    problems = {kind: keys for kind, keys in info.items() if kind != "error_msgs" and keys}
+    if problems or info.get("error_msgs"):
+        detail = "; ".join(f"{kind}: {sorted(map(str, keys))[:5]}" for kind, keys in problems.items())
+        raise ModelLoadError(
+            f"{where} does not match its config.json ({detail or info.get('error_msgs')}). "
+            "Re-save it with save_pretrained, or pass the config it was trained with."
+        )
+
+    model.eval()
+    target = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(target)
+    return Detector(
+        model=model,
+        labels=_labels_from_config(config, where),
+        kind=model_type,
+        scoring=scoring,
+        name=str(name),
+        source=directory,
+        preprocess=_preprocess_config(directory),
+    )
+
+
+def load_detector_or_bundled(name: str | Path, device: str | torch.device | None = None) -> Detector:
+    """`load_detector`, falling back to the bundled model when a hub id cannot be fetched.
+
+    Only an unreachable hub triggers the fallback; a broken local checkpoint is still an error.
+    The returned detector's ``note`` says why the fallback happened, for the UI and the CLI.
+    """
+    try:
+        return load_detector(name, device)
+    except HubUnreachableError as error:
+        if str(name) == BUNDLED_NAME or not (BUNDLED_DIR / "config.json").is_file():
+            raise
+        logger.warning("%s Using the bundled model instead.", error)
+        detector = load_detector(BUNDLED_NAME, device)
+        detector.note = f"{error} Showing the bundled model (trained on synthetic shapes) instead."
+        return detector

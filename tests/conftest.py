@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny random DETR-family models saved to disk, and an offline, isolated environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network or the user's FiftyOne database. Set before any import of them.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    ConditionalDetrConfig,
+    ConditionalDetrForObjectDetection,
+    DetrConfig,
+    DetrForObjectDetection,
+    ResNetConfig,
+)
+
+LABELS = ["circle", "square", "triangle"]
+
+
+def tiny_config(kind: str = "detr", num_queries: int = 12, labels: list[str] = LABELS):
+    """A DETR-family config small enough to run in milliseconds on a CPU."""
+    backbone = ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1], layer_type="basic",
+        out_features=["stage4"],
+    )
+    common = dict(
+        backbone_config=backbone, d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=num_queries,
+        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+    )
+    return DetrConfig(**common) if kind == "detr" else ConditionalDetrConfig(**common)
+
+
+def save_tiny_model(directory: Path, kind: str = "detr", seed: int = 0, **kwargs) -> Path:
+    torch.manual_seed(seed)
+    config = tiny_config(kind, **kwargs)
+    model_class = DetrForObjectDetection if kind == "detr" else ConditionalDetrForObjectDetection
+    config.init_std = 0.3
+    model = model_class(config).eval()
+    # Default init gives every query the same box and class; larger query embeddings and class
+    # weights make queries differ, so thresholds, sorting and per-query checks mean something.
+    with torch.no_grad():
+        model.model.query_position_embeddings.weight.mul_(30)
+        model.class_labels_classifier.weight.mul_(3 if kind == "detr" else 0.5)
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_detr_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_detr"), "detr")
+
+
+@pytest.fixture(scope="session")
+def tiny_conditional_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_conditional_detr"), "conditional_detr")
+
+
+@pytest.fixture(params=["detr", "conditional_detr"])
+def tiny_model_dir(request, tiny_detr_dir, tiny_conditional_dir) -> Path:
+    return tiny_detr_dir if request.param == "detr" else tiny_conditional_dir
