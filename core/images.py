@@ -68,7 +68,7 @@ def _open(source: str | Path | bytes, max_pixels: int) -> Image.Image:
         raise
     except Image.DecompressionBombError as error:
         stream.close()
-        raise ImageError(f"{what} is too large to decode safely: {error}") from None
+        raise ImageError(f"{what} is too large to decode safely ({error}); resize it first.") from None
     except UnidentifiedImageError:
         stream.close()
         raise ImageError(

@@ -1,0 +1,1 @@
+"""The Gradio front end. Handlers are plain functions (see `app.detect`); `app.ui` wires them."""

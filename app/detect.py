@@ -1,0 +1,57 @@
+"""The Detect tab's handler: a plain function, called by Gradio and by the tests."""
+
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+import numpy as np
+
+from app.models import get_detector
+from core.annotate import annotate
+from core.images import ImageError, load_image
+from core.inference import predict
+from core.loading import ModelLoadError
+
+DETECTION_HEADERS = ["query", "label", "score", "x1", "y1", "x2", "y2"]
+
+
+def detect(
+    image: np.ndarray | str | None, model_name: str, threshold: float, size: int | None = None
+) -> tuple[np.ndarray, list[list], str]:
+    """Run ``model_name`` on ``image``; return the annotated image, the detection rows and a status line.
+
+    Rows are ``[query index, label, score, x1, y1, x2, y2]`` in pixels of the image, best first.
+    Raises `gr.Error` (shown as a message in the browser) for a missing or unreadable image, an
+    out-of-range threshold, or a model that cannot be loaded.
+    """
+    if image is None:
+        raise gr.Error("Upload an image or pick an example first.")
+    if threshold is None or not 0.0 <= float(threshold) <= 1.0:
+        raise gr.Error(f"The threshold must be between 0 and 1, got {threshold}.")
+    if size is not None and not 32 <= int(size) <= 4096:
+        raise gr.Error(f"The processing size must be between 32 and 4096 pixels, got {size}.")
+    try:
+        picture = load_image(image)
+        detector = get_detector(model_name)
+    except (ImageError, ModelLoadError) as error:
+        raise gr.Error(str(error)) from None
+
+    start = time.perf_counter()
+    outputs = predict(detector, [picture], shortest_edge=int(size) if size else None)[0]
+    seconds = time.perf_counter() - start
+    detections = outputs.to_detections(float(threshold))
+    rows = [
+        [int(query), str(name), round(float(score), 3), *[round(float(v), 1) for v in xyxy]]
+        for query, name, score, xyxy in zip(
+            detections.data["query_index"], detections.data["class_name"], detections.confidence, detections.xyxy
+        )
+    ]
+    status = (
+        f"{len(rows)} detection{'s' if len(rows) != 1 else ''} of {outputs.num_queries} queries in {seconds:.2f} s "
+        f"· model `{detector.name}` on {detector.device.type} · shortest edge "
+        f"{int(size) if size else detector.preprocess.shortest_edge} px"
+    )
+    if detector.note:
+        status = f"**Note:** {detector.note}\n\n{status}"
+    return annotate(picture, detections), rows, status

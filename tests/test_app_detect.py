@@ -1,0 +1,85 @@
+"""The Detect tab: the handler called directly, and the running app through its `detect` API."""
+
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+import pytest
+from skimage import data
+
+import app.models
+from app.detect import detect
+from conftest import LABELS
+
+
+@pytest.fixture(autouse=True)
+def fresh_model_cache(monkeypatch):
+    monkeypatch.setattr(app.models, "_cache", {})
+
+
+def test_detect_returns_picture_rows_and_status(tiny_detr_dir):
+    image = data.astronaut()
+    annotated, rows, status = detect(image, str(tiny_detr_dir), 0.6, 320)
+    assert annotated.shape == image.shape and annotated.dtype == np.uint8
+    assert not np.array_equal(annotated, image) or not rows  # boxes were drawn when there are detections
+    assert rows, "the high-gain tiny model has queries above 0.6"
+    scores = [row[2] for row in rows]
+    assert scores == sorted(scores, reverse=True) and min(scores) >= 0.6
+    for query, label, score, x1, y1, x2, y2 in rows:
+        assert label in LABELS and 0 <= query < 12
+        assert 0 <= x1 <= x2 <= image.shape[1] and 0 <= y1 <= y2 <= image.shape[0]
+    assert f"{len(rows)} detections of 12 queries" in status and " s " in status
+
+
+def test_higher_threshold_gives_fewer_rows(tiny_detr_dir):
+    image = data.coffee()
+    _, low, _ = detect(image, str(tiny_detr_dir), 0.3, 320)
+    _, high, _ = detect(image, str(tiny_detr_dir), 0.95, 320)
+    assert len(high) < len(low)
+    assert {row[0] for row in high} <= {row[0] for row in low}
+
+
+@pytest.mark.parametrize(
+    "image, model, threshold, message",
+    [
+        (None, "bundled", 0.5, "Upload an image"),
+        (np.zeros((4, 4, 2), dtype=np.uint8), None, 0.5, "not an image"),  # two-channel array
+        ("IMAGE", None, 2.0, "threshold must be between 0 and 1"),
+        ("IMAGE", "/no/such/dir", 0.5, "neither a local directory"),
+    ],
+)
+def test_errors_are_shown_not_raised_as_tracebacks(tiny_detr_dir, image, model, threshold, message):
+    image = data.camera() if isinstance(image, str) else image
+    with pytest.raises(gr.Error, match=message):
+        detect(image, model or str(tiny_detr_dir), threshold, 320)
+
+
+def test_model_is_loaded_once(tiny_detr_dir):
+    detect(data.camera(), str(tiny_detr_dir), 0.5, 256)
+    first = app.models._cache[str(tiny_detr_dir)]
+    detect(data.camera(), str(tiny_detr_dir), 0.5, 256)
+    assert app.models._cache[str(tiny_detr_dir)] is first
+
+
+def test_detect_api_through_gradio_client(tmp_path, tiny_detr_dir):
+    """The launched app answers `detect` by its stable API name, as a gradio_client user calls it."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    from app.ui import build_app
+
+    path = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(path)
+    demo = build_app()
+    demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        assert "/detect" in client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        annotated, table, status = client.predict(
+            handle_file(str(path)), str(tiny_detr_dir), 0.6, 320, api_name="/detect"
+        )
+        assert Image.open(annotated).size == (512, 512)
+        assert table["headers"] == ["query", "label", "score", "x1", "y1", "x2", "y2"]
+        assert len(table["data"]) >= 1 and "detections of 12 queries" in status
+    finally:
+        demo.close()

@@ -1,0 +1,146 @@
+"""All-query outputs: shapes, probabilities, boxes, thresholding, batching, cross-attention."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from conftest import LABELS
+from core.inference import predict
+from core.loading import load_detector
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    # Mixed sizes and aspect ratios, so a batch needs padding.
+    return [data.astronaut(), data.coffee(), data.rocket()[:300, :200], data.camera()]
+
+
+def test_every_query_is_returned(tiny_model_dir, images):
+    detector = load_detector(tiny_model_dir, device="cpu")
+    outputs = predict(detector, images, shortest_edge=320)
+    assert len(outputs) == len(images)
+    for out, image in zip(outputs, images):
+        n = detector.num_queries
+        columns = len(LABELS) + (1 if detector.scoring == "softmax" else 0)
+        assert out.probs.shape == (n, columns)
+        assert out.boxes.shape == (n, 4) and out.scores.shape == out.no_object.shape == out.label_ids.shape == (n,)
+        assert out.image_size == (image.shape[1], image.shape[0])
+        width, height = out.image_size
+        # boxes inside the image, not inverted
+        assert (out.boxes[:, [0, 2]] >= 0).all() and (out.boxes[:, [0, 2]] <= width).all()
+        assert (out.boxes[:, [1, 3]] >= 0).all() and (out.boxes[:, [1, 3]] <= height).all()
+        assert (out.boxes[:, 2] >= out.boxes[:, 0]).all() and (out.boxes[:, 3] >= out.boxes[:, 1]).all()
+        assert ((out.label_ids >= 0) & (out.label_ids < len(LABELS))).all()
+        real = out.probs[:, : len(LABELS)]
+        assert np.allclose(out.scores, real[np.arange(n), out.label_ids])
+        assert np.allclose(out.scores, real.max(1))
+        if detector.scoring == "softmax":
+            assert np.allclose(out.probs.sum(1), 1.0, atol=1e-5)
+            assert np.allclose(out.no_object, out.probs[:, -1])
+        else:
+            assert np.allclose(out.no_object, 1 - out.scores)  # documented definition for sigmoid models
+
+
+def test_to_detections_filters_and_sorts(tiny_detr_dir, images):
+    out = predict(load_detector(tiny_detr_dir, device="cpu"), images[:1], shortest_edge=320)[0]
+    threshold = float(np.median(out.scores))  # about half the queries pass
+    detections = out.to_detections(threshold)
+    assert set(detections.data["query_index"]) == set(np.flatnonzero(out.scores >= threshold))
+    assert (np.diff(detections.confidence) <= 0).all()
+    for i, query in enumerate(detections.data["query_index"]):
+        assert detections.data["class_name"][i] == LABELS[out.label_ids[query]]
+        assert detections.class_id[i] == out.label_ids[query]
+        assert np.allclose(detections.xyxy[i], out.boxes[query])
+    only = LABELS[int(out.label_ids[detections.data["query_index"][0]])]
+    filtered = out.to_detections(threshold, classes=[only])
+    assert len(filtered) >= 1 and set(filtered.data["class_name"]) == {only}
+    assert len(out.to_detections(1.01)) == 0
+    assert out.to_detections(1.01).xyxy.shape == (0, 4)
+
+
+def test_batch_of_mixed_sizes_matches_one_at_a_time(calm_model_dir, images):
+    """Padding changes backbone features near the right/bottom border (detr#239), so a padded batch is
+    not bit-identical to single images. Tolerance: class probabilities within 0.05 and boxes within
+    2% of the image side; the top label may only change where its score was within 0.05 of the
+    runner-up. (Measured on this calm random model: 0.025 and 0.9%. How far padding moves outputs
+    grows with the model's gain: 0.002 at transformers' default init, 0.86 at init std 0.3.)"""
+    detector = load_detector(calm_model_dir, device="cpu")
+    batched = predict(detector, images, shortest_edge=320, batch_size=len(images))
+    for image, together in zip(images, batched):
+        alone = predict(detector, [image], shortest_edge=320)[0]
+        assert np.abs(alone.probs - together.probs).max() < 0.05
+        side = max(alone.image_size)
+        assert np.abs(alone.boxes - together.boxes).max() < 0.02 * side
+        changed = alone.label_ids != together.label_ids
+        if changed.any():
+            top2 = np.sort(alone.probs[changed][:, : len(LABELS)], axis=1)[:, -2:]
+            assert (top2[:, 1] - top2[:, 0] < 0.05).all()
+
+
+def test_same_size_batch_is_exact(tiny_detr_dir):
+    """Without padding, batching must not change anything beyond float noise."""
+    detector = load_detector(tiny_detr_dir, device="cpu")
+    a, b = data.astronaut(), data.astronaut()[:, ::-1]
+    batched = predict(detector, [a, b], shortest_edge=256)
+    for image, together in zip([a, b], batched):
+        alone = predict(detector, [image], shortest_edge=256)[0]
+        assert np.allclose(alone.probs, together.probs, atol=1e-5)
+        assert np.allclose(alone.boxes, together.boxes, atol=1e-2)  # pixels
+
+
+def test_cross_attention_maps(tiny_model_dir, images):
+    detector = load_detector(tiny_model_dir, device="cpu")
+    outputs = predict(detector, images[:2], shortest_edge=320, attention_layers=[-1, 0], batch_size=2)
+    heads = detector.model.config.decoder_attention_heads
+    for out in outputs:
+        assert sorted(out.attention) == [0, 1]  # -1 is stored under its index (2 decoder layers)
+        for maps in out.attention.values():
+            assert maps.shape[:2] == (heads, detector.num_queries)
+            assert np.isfinite(maps).all() and (maps >= 0).all()
+            # each query's attention over the unpadded image is a distribution (padding gets none)
+            assert np.allclose(maps.sum(axis=(2, 3)), 1.0, atol=1e-4)
+        width, height = out.image_size
+        heatmap = out.attention_map(query=3)
+        assert heatmap.shape == (height, width)
+        single_head = out.attention_map(query=3, layer=0, head=1)
+        assert single_head.shape == (height, width) and not np.allclose(single_head, heatmap)
+    with pytest.raises(ValueError, match="query 99"):
+        outputs[0].attention_map(99)
+    with pytest.raises(ValueError, match="layer 5"):
+        outputs[0].attention_map(0, layer=5)
+    with pytest.raises(ValueError, match="head 9"):
+        outputs[0].attention_map(0, head=9)
+    with pytest.raises(ValueError, match="decoder layer 7 does not exist"):
+        predict(detector, images[:1], attention_layers=[7])
+
+
+def test_no_attention_unless_asked(tiny_detr_dir, images):
+    out = predict(load_detector(tiny_detr_dir, device="cpu"), images[:1], shortest_edge=256)[0]
+    assert out.attention == {}
+    with pytest.raises(ValueError, match="no attention was stored"):
+        out.attention_map(0)
+
+
+def test_accepts_every_input_kind(tmp_path, tiny_detr_dir):
+    from PIL import Image
+
+    detector = load_detector(tiny_detr_dir, device="cpu")
+    array = data.coffee()
+    path = tmp_path / "coffee.png"
+    Image.fromarray(array).save(path)
+    outputs = predict(detector, [array, Image.fromarray(array), path, str(path), path.read_bytes()], shortest_edge=256)
+    for out in outputs[1:]:
+        assert np.allclose(out.probs, outputs[0].probs, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_cuda_matches_fp32_cpu(tiny_detr_dir, images):
+    cpu = predict(load_detector(tiny_detr_dir, device="cpu"), images, shortest_edge=320)
+    gpu = predict(load_detector(tiny_detr_dir, device="cuda"), images, shortest_edge=320)
+    for a, b in zip(cpu, gpu):
+        assert np.abs(a.probs - b.probs).max() < 0.05  # bf16 autocast
+        assert np.abs(a.boxes - b.boxes).max() < 0.02 * max(a.image_size)
