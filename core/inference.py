@@ -213,9 +213,11 @@ def predict(
     Returns:
         One `QueryOutputs` per image, in order.
 
-    Example:
-        >>> outputs = predict(load_detector("bundled"), ["photo.jpg"])  # doctest: +SKIP
-        >>> outputs[0].to_detections(threshold=0.7)
+    Example::
+
+        outputs = predict(load_detector("bundled"), ["photo.jpg"], attention_layers=[-1])
+        detections = outputs[0].to_detections(threshold=0.7)  # sv.Detections
+        heatmap = outputs[0].attention_map(query=int(detections.data["query_index"][0]))
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1.")

@@ -290,10 +290,10 @@ def load_detector(
             weights are pickles or do not match the config. `HubUnreachableError` (a subclass)
             when a hub id cannot be fetched.
 
-    Example:
-        >>> detector = load_detector("bundled")  # doctest: +SKIP
-        >>> detector.labels
-        ['circle', 'square', 'triangle']
+    Example::
+
+        detector = load_detector("facebook/detr-resnet-50", device="cpu")
+        detector.labels[1], detector.num_queries  # ('person', 100)
     """
     directory = resolve_model_dir(name)
     where = f"The model '{name}'" + (f" ({directory})" if str(directory) != str(name) else "")

@@ -43,7 +43,7 @@ def resized_size(height: int, width: int, shortest_edge: int, longest_edge: int)
     >>> resized_size(480, 640, 800, 1333)
     (800, 1066)
     >>> resized_size(1080, 1920, 800, 1333)
-    (749, 1333)
+    (750, 1333)
     """
     size: float = shortest_edge
     raw_size = None
