@@ -1,0 +1,206 @@
+"""Set-prediction losses of DETR (cross-entropy) and Conditional DETR (sigmoid focal), with
+auxiliary losses on every decoder layer and an optional one-to-many branch (H-DETR's hybrid
+layer scheme) that speeds up convergence.
+
+Targets follow the transformers contract: per image ``{"class_labels": LongTensor[T],
+"boxes": FloatTensor[T, 4]}`` with boxes normalized cxcywh. `validate_targets` rejects broken
+targets with a message before they reach the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+from core.matcher import HungarianMatcher, Matches
+
+
+class TargetError(ValueError):
+    """A training target is unusable (degenerate or non-finite box, bad label). Says which and why."""
+
+
+def validate_targets(targets: list[dict[str, torch.Tensor]], num_classes: int, where: str = "batch") -> None:
+    """Raise `TargetError` for boxes with NaN/inf, zero or negative size, centres outside [0, 1],
+    or labels outside ``0..num_classes-1``. ``where`` names the data in the message."""
+    for index, target in enumerate(targets):
+        if "class_labels" not in target or "boxes" not in target:
+            raise TargetError(f"{where}, image {index}: a target needs 'class_labels' and 'boxes'.")
+        boxes, labels = target["boxes"], target["class_labels"]
+        if boxes.ndim != 2 or boxes.shape[-1] != 4 or labels.shape[0] != boxes.shape[0]:
+            raise TargetError(
+                f"{where}, image {index}: boxes must be [N, 4] with one label each, got {tuple(boxes.shape)} "
+                f"boxes and {tuple(labels.shape)} labels."
+            )
+        problems = []
+        if not torch.isfinite(boxes).all():
+            problems.append("NaN or infinite coordinates")
+        elif (boxes[:, 2:] <= 0).any():
+            problems.append("zero or negative width/height")
+        elif ((boxes[:, :2] < 0) | (boxes[:, :2] > 1)).any():
+            problems.append("a centre outside the image (boxes must be normalized cxcywh)")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            problems.append(f"class ids outside 0..{num_classes - 1}")
+        if problems:
+            bad = (~torch.isfinite(boxes).all(1)) | (boxes[:, 2:] <= 0).any(1) | (boxes[:, :2] < 0).any(1) | (
+                boxes[:, :2] > 1).any(1)
+            first = int(bad.nonzero()[0]) if bad.any() else 0
+            raise TargetError(
+                f"{where}, image {index}: {', '.join(problems)} (box {first}: {boxes[first].tolist()}). "
+                "Fix or drop that annotation; boxes are normalized [cx, cy, w, h] with w, h > 0."
+            )
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """Elementwise focal loss (RetinaNet) for ``logits`` and 0/1 ``targets`` of the same shape."""
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
+
+
+def _num_boxes(targets: list[dict[str, torch.Tensor]], device: torch.device) -> float:
+    """Target boxes per process, averaged over processes under DDP (so every rank normalizes alike)."""
+    count = torch.tensor([float(sum(len(t["class_labels"]) for t in targets))], device=device)
+    world = 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(count)
+        world = torch.distributed.get_world_size()
+    return max(count.item() / world, 1.0)
+
+
+def _repeat(targets: list[dict[str, torch.Tensor]], times: int) -> list[dict[str, torch.Tensor]]:
+    return [{"class_labels": t["class_labels"].repeat(times), "boxes": t["boxes"].repeat(times, 1)} for t in targets]
+
+
+class SetCriterion(nn.Module):
+    """The DETR / Conditional DETR training loss.
+
+    For each decoder layer, predictions are matched to targets by `HungarianMatcher` (all layers in
+    one call) and the layer pays: a class loss over all queries, and L1 + GIoU on matched boxes,
+    each normalized by the number of target boxes.
+
+    Args:
+        num_classes: number of real classes C.
+        matcher: the matcher; `HungarianMatcher.for_model(kind)` by default.
+        class_loss: ``"softmax"`` (DETR: cross-entropy over C + 1, no-object weighted ``eos_coef``)
+            or ``"focal"`` (Conditional DETR: sigmoid focal loss over C, no no-object column).
+        class_weight, bbox_weight, giou_weight: loss weights (DETR 1/5/2; the Conditional DETR paper
+            uses 2/5/2, transformers' built-in loss 1/5/2).
+        one_to_many: H-DETR's hybrid layer scheme: if > 1, the first ``one_to_many_layers``
+            decoder layers are matched against every target repeated this many times (more
+            positives per step, faster convergence); the last layers stay one-to-one, so inference
+            needs no NMS. 0 disables it.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher | None = None,
+        class_loss: str = "softmax",
+        eos_coef: float = 0.1,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        class_weight: float = 1.0,
+        bbox_weight: float = 5.0,
+        giou_weight: float = 2.0,
+        one_to_many: int = 0,
+        one_to_many_layers: int = 0,
+    ):
+        super().__init__()
+        if class_loss not in ("softmax", "focal"):
+            raise ValueError(f"class_loss must be 'softmax' or 'focal', got {class_loss!r}.")
+        self.num_classes = num_classes
+        self.matcher = matcher or HungarianMatcher.for_model("detr" if class_loss == "softmax" else "conditional_detr")
+        self.class_loss, self.eos_coef = class_loss, eos_coef
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.weights = {"loss_ce": class_weight, "loss_bbox": bbox_weight, "loss_giou": giou_weight}
+        self.one_to_many, self.one_to_many_layers = one_to_many, one_to_many_layers
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        self.register_buffer("empty_weight", empty_weight, persistent=False)
+
+    def _class_loss(self, logits: torch.Tensor, targets: list[dict], matches: Matches, num_boxes: float) -> torch.Tensor:
+        batch, queries = logits.shape[:2]
+        target_classes = torch.full((batch, queries), self.num_classes, dtype=torch.int64, device=logits.device)
+        for b, (rows, cols) in enumerate(matches):
+            target_classes[b, rows.to(logits.device)] = targets[b]["class_labels"][cols.to(logits.device)]
+        if self.class_loss == "softmax":
+            return F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(logits.dtype))
+        onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
+        return sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma).sum() / num_boxes
+
+    def _box_losses(self, boxes: torch.Tensor, targets: list[dict], matches: Matches,
+                    num_boxes: float) -> tuple[torch.Tensor, torch.Tensor]:
+        source = torch.cat([boxes[b, rows.to(boxes.device)] for b, (rows, _) in enumerate(matches)])
+        target = torch.cat([t["boxes"][cols.to(boxes.device)] for t, (_, cols) in zip(targets, matches)]).to(source)
+        if source.numel() == 0:
+            zero = boxes.sum() * 0  # keeps the graph (and DDP's gradient hooks) intact
+            return zero, zero
+        l1 = F.l1_loss(source, target, reduction="sum") / num_boxes
+        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(source), box_cxcywh_to_xyxy(target)))
+        return l1, (1 - giou).sum() / num_boxes
+
+    def forward(self, logits: torch.Tensor, boxes: torch.Tensor,
+                targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Losses for all decoder layers.
+
+        Args:
+            logits: ``[L, B, Q, C(+1)]`` class logits of every decoder layer, the last one final
+                (``[B, Q, C(+1)]`` for the final layer alone).
+            boxes: ``[L, B, Q, 4]`` (or ``[B, Q, 4]``) sigmoid cxcywh boxes.
+            targets: B target dicts.
+
+        Returns:
+            ``loss`` (the weighted total to backpropagate); ``loss_ce``, ``loss_bbox``,
+            ``loss_giou`` of the final layer; and the same with suffix ``_{i}`` for layer i < L-1.
+        """
+        if logits.ndim == 3:
+            logits, boxes = logits[None], boxes[None]
+        num_layers = logits.shape[0]
+        num_boxes = _num_boxes(targets, logits.device)
+        many = min(self.one_to_many_layers, num_layers - 1) if self.one_to_many > 1 else 0
+        matches = self.matcher.match_layers(logits[many:], boxes[many:], targets)
+        if many:
+            repeated = _repeat(targets, self.one_to_many)
+            matches = self.matcher.match_layers(logits[:many], boxes[:many], repeated) + matches
+
+        losses: dict[str, torch.Tensor] = {}
+        total = logits.new_zeros(())
+        for layer in range(num_layers):
+            layer_targets = repeated if layer < many else targets
+            layer_boxes = num_boxes * self.one_to_many if layer < many else num_boxes
+            ce = self._class_loss(logits[layer], layer_targets, matches[layer], layer_boxes)
+            l1, giou = self._box_losses(boxes[layer], layer_targets, matches[layer], layer_boxes)
+            suffix = "" if layer == num_layers - 1 else f"_{layer}"
+            for name, value in (("loss_ce", ce), ("loss_bbox", l1), ("loss_giou", giou)):
+                losses[name + suffix] = value
+                total = total + self.weights[name] * value
+        losses["loss"] = total
+        return losses
+
+
+def criterion_for(kind: str, num_classes: int, **overrides) -> SetCriterion:
+    """The published loss of a model kind: DETR (CE, eos 0.1, 1/5/2) or Conditional DETR (focal, 2/5/2)."""
+    if kind == "detr":
+        return SetCriterion(num_classes, HungarianMatcher.for_model("detr"), "softmax", **overrides)
+    if kind == "conditional_detr":
+        defaults = {"class_weight": 2.0, **overrides}
+        return SetCriterion(num_classes, HungarianMatcher.for_model("conditional_detr"), "focal", **defaults)
+    raise ValueError(f"no loss for model kind {kind!r}; expected 'detr' or 'conditional_detr'.")
+
+
+def stack_decoder_outputs(outputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits [L, B, Q, C], boxes [L, B, Q, 4])`` from a transformers DETR output.
+
+    With ``config.auxiliary_loss=True`` the model returns the intermediate layers' predictions in
+    ``auxiliary_outputs``; the final layer is appended last.
+    """
+    aux = outputs.auxiliary_outputs or []
+    logits = torch.stack([a["logits"] for a in aux] + [outputs.logits])
+    boxes = torch.stack([a["pred_boxes"] for a in aux] + [outputs.pred_boxes])
+    return logits, boxes
