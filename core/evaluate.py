@@ -1,0 +1,161 @@
+"""COCO evaluation through pycocotools: AP, AP50, AP75, AP small/medium/large and per-class AP.
+
+    python -m core.evaluate --model NAME|PATH --data DIR_OR_JSON [--size 800] [--json OUT]
+
+``--data`` is a COCO directory (``annotations.json`` next to the image paths it names) or the
+annotations file itself. Categories are matched to the model's labels by name, so a model and a
+dataset need not share id numbering; COCO category ids written by this project start at 1.
+Every query's top class is scored (no threshold), as in DETR's own evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from transformers.utils import logging as transformers_logging
+
+from core.boxes import box_xyxy_to_xywh
+from core.images import ImageError
+from core.inference import QueryOutputs, predict
+from core.loading import Detector, ModelLoadError, load_detector_or_bundled
+
+SUMMARY = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"]
+
+
+@dataclass
+class Metrics:
+    AP: float
+    AP50: float
+    AP75: float
+    AP_small: float
+    AP_medium: float
+    AP_large: float
+    per_class: dict[str, float] = field(default_factory=dict)  # -1 where a class has no ground truth
+    images: int = 0
+    ground_truth_boxes: int = 0
+
+    def table(self) -> str:
+        lines = [f"{'metric':<12} {'value':>7}"] + [f"{name:<12} {getattr(self, name):7.3f}" for name in SUMMARY]
+        lines += [f"{'AP ' + name:<12} {value:7.3f}" for name, value in self.per_class.items()]
+        return "\n".join(lines)
+
+
+def coco_metrics(ground_truth: dict, detections: list[dict]) -> Metrics:
+    """Score ``detections`` (COCO result dicts: image_id, category_id, bbox xywh, score) against a
+    COCO ground-truth document. Pure pycocotools; no model involved."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    document = copy.deepcopy(ground_truth)
+    for annotation in document.get("annotations", []):
+        annotation.setdefault("iscrowd", 0)
+        annotation.setdefault("area", float(annotation["bbox"][2] * annotation["bbox"][3]))
+    names = {c["id"]: c["name"] for c in document["categories"]}
+    empty = Metrics(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, {name: 0.0 for name in names.values()},
+                    len(document["images"]), len(document.get("annotations", [])))
+    if not detections or not document.get("annotations"):
+        return empty
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints as it goes
+        gt = COCO()
+        gt.dataset = document
+        gt.createIndex()
+        dt = gt.loadRes(detections)
+        evaluator = COCOeval(gt, dt, "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = [max(float(v), 0.0) for v in evaluator.stats[:6]]
+    precision = evaluator.eval["precision"]  # [iou thresholds, recall, categories, areas, max dets]
+    per_class = {}
+    for k, category_id in enumerate(evaluator.params.catIds):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        per_class[names[category_id]] = float(values.mean()) if values.size else -1.0
+    return Metrics(*stats, per_class=per_class, images=len(document["images"]),
+                   ground_truth_boxes=len(document["annotations"]))
+
+
+def to_coco_results(image_id: int, outputs: QueryOutputs, category_by_label: dict[str, int]) -> list[dict]:
+    """Every query as a COCO result, labelled by its top class (queries of unknown classes dropped)."""
+    results = []
+    boxes = box_xyxy_to_xywh(outputs.boxes)
+    for query in range(outputs.num_queries):
+        label = outputs.labels[outputs.label_ids[query]]
+        if label in category_by_label:
+            results.append({"image_id": image_id, "category_id": category_by_label[label],
+                            "bbox": [round(float(v), 2) for v in boxes[query]], "score": float(outputs.scores[query])})
+    return results
+
+
+def load_coco(path: str | Path) -> tuple[dict, Path]:
+    """The annotations document and the directory its image paths are relative to."""
+    path = Path(path)
+    file = path / "annotations.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"{path} is neither a COCO annotations file nor a directory with annotations.json.")
+    try:
+        document = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{file} is not valid JSON ({error}).") from None
+    missing = [key for key in ("images", "categories") if key not in document]
+    if missing:
+        raise ValueError(f"{file} is not COCO detection JSON: it has no {', '.join(missing)}.")
+    return document, file.parent
+
+
+def evaluate_model(detector: Detector, data: str | Path, shortest_edge: int | None = None,
+                   batch_size: int = 8) -> Metrics:
+    """Run ``detector`` on every image of a COCO dataset and score it."""
+    document, root = load_coco(data)
+    category_by_label = {c["name"]: c["id"] for c in document["categories"]}
+    if not set(category_by_label) & set(detector.labels):
+        raise ValueError(
+            f"the model's labels ({', '.join(detector.labels[:8])}...) share no name with the dataset's "
+            f"categories ({', '.join(category_by_label)}); is this the right model?"
+        )
+    results: list[dict] = []
+    images = document["images"]
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        outputs = predict(detector, [root / image["file_name"] for image in chunk], shortest_edge=shortest_edge,
+                          batch_size=batch_size)
+        for image, out in zip(chunk, outputs):
+            results.extend(to_coco_results(image["id"], out, category_by_label))
+    return coco_metrics(document, results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="hub id, save_pretrained directory, or 'bundled'")
+    parser.add_argument("--data", required=True, help="COCO directory (with annotations.json) or annotations file")
+    parser.add_argument("--size", type=int, default=None, help="shortest edge (default: the model's)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this file")
+    args = parser.parse_args(argv)
+    transformers_logging.disable_progress_bar()
+    try:
+        detector = load_detector_or_bundled(args.model, args.device)
+        if detector.note:
+            print(f"note: {detector.note}", file=sys.stderr)
+        metrics = evaluate_model(detector, args.data, args.size, args.batch_size)
+    except (ValueError, ModelLoadError, ImageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{detector.name} on {args.data}: {metrics.images} images, {metrics.ground_truth_boxes} boxes")
+    print(metrics.table())
+    if args.json:
+        args.json.write_text(json.dumps(asdict(metrics), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

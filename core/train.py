@@ -1,0 +1,286 @@
+"""The training loop: one readable loop for CPU, one GPU, or several processes under Accelerate.
+
+    result = train(model, kind, dataset, TrainConfig(epochs=10), progress=print)
+
+- AdamW with a lower backbone learning rate, weight decay, gradient clipping, optional frozen
+  backbone; bf16 autocast (through Accelerate), channels-last and fused AdamW on CUDA; fp32 on CPU.
+- A non-finite loss skips the step; ``max_nonfinite`` in a row stop training with the step named.
+- ``progress`` gets a `Progress` every ``log_every`` steps; ``cancel`` (a `threading.Event`) is
+  checked before every step.
+- Checkpoints (`core.checkpoints`) every ``checkpoint_every`` steps and at the end; ``resume``
+  continues from the last complete one at the right step.
+- Under ``accelerate launch`` / ``torchrun`` each process trains on its shard; DDP averages
+  gradients, so all ranks hold identical weights.
+
+The dataset yields ``(image [H, W, 3] uint8, target)`` with targets in the transformers contract.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from core.loading import PreprocessConfig
+from core.losses import criterion_for, validate_targets
+from core.preprocess import preprocess
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. The defaults are DETR's (fine-tuning a pretrained model)."""
+
+    epochs: int = 10
+    max_steps: int | None = None  # stop earlier than `epochs` (e.g. quick checks)
+    batch_size: int = 4  # per process
+    lr: float = 1e-4
+    lr_backbone: float = 1e-5
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1  # max gradient norm; 0 disables clipping
+    schedule: str = "constant"  # or "cosine" (decays to 1% of lr), both after `warmup_steps`
+    warmup_steps: int = 0
+    freeze_backbone: bool = False  # train only the transformer and heads
+    freeze_stem: bool = True  # DETR's choice for a pretrained ResNet: stem and first stage stay fixed
+    shortest_edge: int = 800
+    longest_edge: int = 1333
+    scale_jitter: Sequence[float] = ()  # e.g. (0.75, 0.875, 1.0): per-batch factors on shortest_edge
+    hflip: float = 0.0  # probability of a horizontal flip per image
+    one_to_many: int = 0  # H-DETR hybrid layers: repeat targets this often for early layers (0 = off)
+    one_to_many_layers: int = 0
+    class_weight: float | None = None  # None: the model kind's default (DETR 1, Conditional DETR 2)
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 10
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0  # steps; 0 = only at the end
+    resume: bool = True
+    max_nonfinite: int = 3
+
+
+@dataclass
+class Progress:
+    """What a progress bar or a live plot needs, reported every ``log_every`` steps."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    losses: dict[str, float]
+    lr: float
+    images_per_s: float
+    eta_s: float
+
+
+@dataclass
+class TrainResult:
+    status: str  # "finished", "cancelled"
+    step: int
+    epoch: int
+    last_losses: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    skipped_steps: list[int] = field(default_factory=list)  # steps whose loss was not finite
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss was NaN/inf several steps in a row."""
+
+
+class AllDecoderLayers(nn.Module):
+    """Runs a transformers DETR / Conditional DETR and returns every decoder layer's predictions:
+    ``logits [L, B, Q, C]`` and ``boxes [L, B, Q, 4]`` (the last layer is the model's output).
+
+    A module (not a function) so that DDP sees the whole forward pass.
+    """
+
+    def __init__(self, detector: nn.Module, kind: str):
+        super().__init__()
+        self.detector, self.kind = detector, kind
+
+    def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.detector
+        outputs = model.model(pixel_values=pixel_values, pixel_mask=pixel_mask)
+        hidden = outputs.intermediate_hidden_states  # [L, B, Q, D], needs config.auxiliary_loss
+        if hidden is None:
+            hidden = outputs.last_hidden_state[None]
+        logits = model.class_labels_classifier(hidden)
+        raw = model.bbox_predictor(hidden)
+        if self.kind == "conditional_detr":
+            # Conditional DETR predicts box centres relative to each query's reference point.
+            reference = outputs.reference_points.clamp(0, 1)
+            reference = torch.log(reference.clamp(min=1e-5) / (1 - reference).clamp(min=1e-5)).transpose(0, 1)
+            raw = torch.cat([raw[..., :2] + reference, raw[..., 2:]], dim=-1)
+        return logits, raw.sigmoid()
+
+
+def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    backbone, rest = [], []
+    for name, parameter in model.named_parameters():
+        if ".backbone." in f".{name}":
+            stem = ".embedder." in name or ".stages.0." in name
+            parameter.requires_grad_(not config.freeze_backbone and not (config.freeze_stem and stem))
+        if not parameter.requires_grad:
+            continue
+        (backbone if ".backbone." in f".{name}" else rest).append(parameter)
+    groups = [{"params": rest, "lr": config.lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": config.lr_backbone})
+    return groups
+
+
+def _schedule(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.schedule == "cosine":
+            progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    if config.schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {config.schedule!r}.")
+    return factor
+
+
+def epoch_batches(size: int, epoch: int, config: TrainConfig, rank: int, world: int) -> list[list[int]]:
+    """This process's batches of dataset indices for ``epoch``: a seeded shuffle, sharded by rank
+    (padded so every rank runs the same number of steps)."""
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    order = torch.randperm(size, generator=generator).tolist()
+    order += order[: (-len(order)) % world]
+    mine = order[rank::world]
+    return [mine[i : i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
+
+
+def _augment(images: list[np.ndarray], targets: list[dict], config: TrainConfig, rng: np.random.Generator):
+    if config.hflip > 0:
+        for i in range(len(images)):
+            if rng.random() < config.hflip:
+                images[i] = images[i][:, ::-1].copy()
+                boxes = targets[i]["boxes"].clone()
+                boxes[:, 0] = 1 - boxes[:, 0]
+                targets[i] = {**targets[i], "boxes": boxes}
+    short = config.shortest_edge
+    if config.scale_jitter:
+        short = max(32, int(round(config.shortest_edge * float(rng.choice(config.scale_jitter)) / 32) * 32))
+    long = round(short * config.longest_edge / config.shortest_edge)
+    return images, targets, short, long
+
+
+def train(
+    model: nn.Module,
+    kind: str,
+    dataset: torch.utils.data.Dataset,
+    config: TrainConfig,
+    preprocess_config: PreprocessConfig | None = None,
+    labels: list[str] | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> TrainResult:
+    """Train ``model`` (a transformers DETR or Conditional DETR) in place. See the module docstring."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    torch.manual_seed(config.seed)
+    labels = labels or [model.config.id2label[i] for i in range(model.config.num_labels)]
+    preprocess_config = preprocess_config or PreprocessConfig()
+    model.config.auxiliary_loss = True  # every decoder layer's predictions, for the auxiliary losses
+    model.train()
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    criterion = criterion_for(kind, len(labels), one_to_many=config.one_to_many,
+                              one_to_many_layers=config.one_to_many_layers,
+                              **({"class_weight": config.class_weight} if config.class_weight is not None else {}))
+    network = AllDecoderLayers(model, kind)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, config), weight_decay=config.weight_decay,
+                                  **({"fused": True} if cuda else {}))
+    steps_per_epoch = len(epoch_batches(len(dataset), 0, config, accelerator.process_index, accelerator.num_processes))
+    total_steps = min(config.max_steps or math.inf, config.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total_steps))
+    network, optimizer = accelerator.prepare(network, optimizer)
+
+    step = 0
+    if config.checkpoint_dir and config.resume and (last := latest_checkpoint(config.checkpoint_dir)):
+        step = load_checkpoint(last, model, optimizer, scheduler)["step"]
+        logger.info("resumed from %s at step %d", last, step)
+
+    rng = np.random.default_rng(config.seed * 7919 + step + accelerator.process_index)
+    result = TrainResult(status="finished", step=step, epoch=step // max(steps_per_epoch, 1))
+    nonfinite_in_a_row, started, images_seen = 0, time.perf_counter(), 0
+    device = accelerator.device
+
+    def checkpoint(epoch: int) -> None:
+        if config.checkpoint_dir and accelerator.is_main_process:
+            state = {"step": step, "epoch": epoch, "labels": labels, "kind": kind, "train_config": asdict(config),
+                     "last_losses": result.last_losses}
+            result.checkpoint = save_checkpoint(config.checkpoint_dir, model, optimizer, scheduler, state)
+        accelerator.wait_for_everyone()
+
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        batches = epoch_batches(len(dataset), epoch, config, accelerator.process_index, accelerator.num_processes)
+        for indices in batches[step % steps_per_epoch :]:
+            if step >= total_steps:
+                break
+            if cancel is not None and cancel.is_set():
+                result.status = "cancelled"
+                accelerator.wait_for_everyone()
+                return result
+            items = [dataset[i] for i in indices]
+            images, targets = [np.asarray(item[0]) for item in items], [item[1] for item in items]
+            validate_targets(targets, len(labels), where=f"training samples {indices}")
+            images, targets, short, long = _augment(images, targets, config, rng)
+            batch = preprocess(images, preprocess_config, device, short, long)
+            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            pixel_values = batch.pixel_values.contiguous(memory_format=torch.channels_last) if cuda else batch.pixel_values
+
+            with accelerator.autocast():
+                logits, boxes = network(pixel_values, batch.pixel_mask)
+            losses = criterion(logits.float(), boxes.float(), targets)
+            loss = losses["loss"]
+            finite = torch.isfinite(loss.detach()).float()
+            if accelerator.num_processes > 1:
+                finite = accelerator.reduce(finite, reduction="sum") / accelerator.num_processes
+            optimizer.zero_grad(set_to_none=True)
+            if finite.item() < 1:
+                # One bad batch should not poison the weights: skip it; several in a row mean divergence.
+                nonfinite_in_a_row += 1
+                result.skipped_steps.append(step)
+                logger.warning("non-finite loss at step %d; step skipped", step)
+                if nonfinite_in_a_row >= config.max_nonfinite:
+                    raise NonFiniteLossError(
+                        f"the loss was not finite for {nonfinite_in_a_row} steps in a row, the last at step {step}; "
+                        "lower the learning rate or check the data. The last checkpoint is kept."
+                    )
+                step += 1
+                continue
+            nonfinite_in_a_row = 0
+            accelerator.backward(loss)
+            if config.grad_clip > 0:
+                accelerator.clip_grad_norm_(network.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            images_seen += len(indices) * accelerator.num_processes
+            result.step, result.epoch = step, epoch
+            # the total and the final layer's parts; per-layer parts carry a numeric suffix
+            result.last_losses = {k: v.item() for k, v in losses.items() if not k.rsplit("_", 1)[-1].isdigit()}
+            if progress is not None and (step % config.log_every == 0 or step == total_steps):
+                elapsed = time.perf_counter() - started
+                rate = images_seen / max(elapsed, 1e-9)
+                progress(Progress(step, int(total_steps), epoch, result.last_losses, scheduler.get_last_lr()[0],
+                                  rate, (total_steps - step) * config.batch_size * accelerator.num_processes / max(rate, 1e-9)))
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                checkpoint(epoch)
+    checkpoint(result.epoch)
+    return result

@@ -1,0 +1,65 @@
+"""COCO evaluation: ground truth fed back scores AP 1.0; the CLI runs a model on a COCO directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.evaluate import coco_metrics, load_coco, main
+from datasets.shapes import write_coco
+
+
+@pytest.fixture(scope="module")
+def shapes_coco(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("shapes_coco")
+    write_coco(directory, 12, first_seed=500)
+    return directory
+
+
+def ground_truth_as_predictions(document: dict) -> list[dict]:
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in document["annotations"]]
+
+
+def test_ground_truth_as_predictions_scores_one(shapes_coco):
+    document, _ = load_coco(shapes_coco)
+    metrics = coco_metrics(document, ground_truth_as_predictions(document))
+    assert metrics.AP == pytest.approx(1.0) and metrics.AP50 == pytest.approx(1.0)
+    assert set(metrics.per_class) == {"circle", "square", "triangle"}
+    assert all(value == pytest.approx(1.0) for value in metrics.per_class.values())
+
+
+def test_shifted_boxes_score_lower(shapes_coco):
+    document, _ = load_coco(shapes_coco)
+    shifted = ground_truth_as_predictions(document)
+    for result in shifted:
+        x, y, w, h = result["bbox"]
+        result["bbox"] = [x + 0.3 * w, y, w, h]  # IoU about 0.54: passes AP50, fails AP75
+    metrics = coco_metrics(document, shifted)
+    assert metrics.AP50 == pytest.approx(1.0) and metrics.AP75 == pytest.approx(0.0) and 0 < metrics.AP < 0.5
+
+
+def test_wrong_class_scores_zero(shapes_coco):
+    document, _ = load_coco(shapes_coco)
+    wrong = ground_truth_as_predictions(document)
+    for result in wrong:
+        result["category_id"] = result["category_id"] % 3 + 1
+    assert coco_metrics(document, wrong).AP == 0.0
+    assert coco_metrics(document, []).AP == 0.0  # no detections at all
+
+
+def test_cli_evaluates_a_model(shapes_coco, tiny_detr_dir, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    assert main(["--model", str(tiny_detr_dir), "--data", str(shapes_coco), "--size", "192", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "AP50" in printed and "AP circle" in printed
+    metrics = json.loads(out.read_text())
+    assert 0.0 <= metrics["AP"] <= 1.0 and metrics["images"] == 12
+
+
+def test_cli_bad_data(tmp_path, tiny_detr_dir, capsys):
+    (tmp_path / "annotations.json").write_text("{not json")
+    assert main(["--model", str(tiny_detr_dir), "--data", str(tmp_path)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main(["--model", str(tiny_detr_dir), "--data", str(tmp_path / "nothing")]) == 2

@@ -1,0 +1,1 @@
+"""Fine-tuning and model versions (see DESIGN.md); `training.train_default` builds the bundled model."""

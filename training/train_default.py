@@ -1,0 +1,122 @@
+"""Reproduce the bundled default model: a small Conditional DETR trained from scratch on shapes.
+
+    python -m training.train_default [--steps 6000] [--out assets/bundled] [--work data/train_default]
+
+Deterministic for a given seed and step count on one CPU (see README for the time it takes).
+Convergence aids, because DETR from scratch is slow: Conditional DETR's conditional spatial
+queries, H-DETR's one-to-many matching on the early decoder layers, a stride-16 backbone at the
+resolution the shapes need (shortest edge 192), and light augmentation. Evaluation images use
+seeds below 1,000,000; training images start there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetection, ResNetConfig
+
+from core.loading import BUNDLED_DIR
+from core.train import Progress, TrainConfig, train
+from datasets.shapes import ShapesSpec, generate_sample, to_target
+
+TRAIN_FIRST_SEED = 1_000_000
+SHORTEST_EDGE, LONGEST_EDGE = 192, 256
+
+
+def bundled_config(labels: list[str]) -> ConditionalDetrConfig:
+    """About 2.1M parameters: a 3-stage ResNet (stride 16), 2 encoder and 4 decoder layers, 100 queries."""
+    backbone = ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 2], layer_type="basic",
+                            out_features=["stage3"])
+    return ConditionalDetrConfig(
+        backbone_config=backbone, d_model=128, encoder_layers=2, decoder_layers=4, encoder_attention_heads=8,
+        decoder_attention_heads=8, encoder_ffn_dim=256, decoder_ffn_dim=256, num_queries=100, dropout=0.0,
+        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}, auxiliary_loss=True,
+    )
+
+
+class CachedShapes(torch.utils.data.Dataset):
+    """Shapes samples generated once up front (generation would otherwise cost a third of each step)."""
+
+    def __init__(self, count: int, first_seed: int, spec: ShapesSpec):
+        self.items = []
+        for seed in range(first_seed, first_seed + count):
+            sample = generate_sample(seed, spec)
+            self.items.append((sample.image, to_target(sample)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index]
+
+
+def write_preprocessor_config(directory: Path) -> None:
+    (directory / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "ConditionalDetrImageProcessor", "do_resize": True, "do_normalize": True,
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+        "size": {"shortest_edge": SHORTEST_EDGE, "longest_edge": LONGEST_EDGE},
+    }, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train_default", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--images", type=int, default=6000, help="training images (generated once)")
+    parser.add_argument("--out", type=Path, default=BUNDLED_DIR)
+    parser.add_argument("--work", type=Path, default=Path("data/train_default"), help="checkpoints, resumable")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    spec = ShapesSpec()
+    torch.manual_seed(args.seed)
+    model = ConditionalDetrForObjectDetection(bundled_config(spec.labels))
+    print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", flush=True)
+    started = time.time()
+    dataset = CachedShapes(args.images, TRAIN_FIRST_SEED, spec)
+    print(f"generated {len(dataset)} training images in {time.time() - started:.0f} s", flush=True)
+    config = TrainConfig(
+        epochs=10_000, max_steps=args.steps, batch_size=args.batch_size, lr=2e-4, lr_backbone=2e-4,
+        weight_decay=1e-4, grad_clip=0.1, schedule="cosine", warmup_steps=200, freeze_stem=False,
+        shortest_edge=SHORTEST_EDGE, longest_edge=LONGEST_EDGE, scale_jitter=(0.75, 0.875, 1.0, 1.125), hflip=0.5,
+        one_to_many=5, one_to_many_layers=2, seed=args.seed, log_every=50, checkpoint_dir=str(args.work),
+        checkpoint_every=500,
+    )
+
+    def report(p: Progress) -> None:
+        parts = " ".join(f"{k}={v:.3f}" for k, v in p.losses.items())
+        print(f"step {p.step}/{p.total_steps} {parts} lr={p.lr:.2e} {p.images_per_s:.1f} img/s "
+              f"eta {p.eta_s / 60:.0f} min", flush=True)
+
+    result = train(model, "conditional_detr", dataset, config, labels=spec.labels, progress=report)
+    model.config.auxiliary_loss = False
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    write_preprocessor_config(tmp)
+    (tmp / "training.json").write_text(json.dumps({
+        "recipe": "python -m training.train_default", "steps": result.step, "seed": args.seed,
+        "images": args.images, "batch_size": args.batch_size, "minutes": round((time.time() - started) / 60, 1),
+        "last_losses": result.last_losses,
+    }, indent=1))
+    shutil.rmtree(args.out, ignore_errors=True)
+    tmp.rename(args.out)
+    print(f"{result.status} after {result.step} steps; saved to {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
