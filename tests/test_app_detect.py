@@ -83,3 +83,13 @@ def test_detect_api_through_gradio_client(tmp_path, tiny_detr_dir):
         assert len(table["data"]) >= 1 and "detections of 12 queries" in status
     finally:
         demo.close()
+
+
+def test_offline_hub_model_falls_back_to_bundled_with_a_note(monkeypatch, tmp_path, tiny_detr_dir):
+    import core.loading
+
+    monkeypatch.setattr(core.loading, "BUNDLED_DIR", tiny_detr_dir)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    _, rows, status = detect(data.camera(), "facebook/detr-resnet-50", 0.5, 256)
+    assert status.startswith("**Note:**") and "facebook/detr-resnet-50" in status and "bundled" in status
+    assert "model `bundled`" in status
