@@ -29,7 +29,7 @@ def build_app() -> gr.Blocks:
                         choices=model_choices(), value=default_model(), label="Model", allow_custom_value=True,
                         info="A hub id, a local save_pretrained directory, or 'bundled'.",
                     )
-                    threshold = gr.Slider(0.0, 1.0, value=0.7, step=0.01, label="Score threshold")
+                    threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Score threshold")
                     size = gr.Slider(256, 1333, value=800, step=32, label="Processing size (shortest edge, px)")
                     run = gr.Button("Detect", variant="primary", elem_id="detect-button")
                     gr.Examples(_examples(), inputs=[image], label="Examples")

@@ -358,7 +358,7 @@ def load_detector_or_bundled(name: str | Path, device: str | torch.device | None
     except HubUnreachableError as error:
         if str(name) == BUNDLED_NAME or not (BUNDLED_DIR / "config.json").is_file():
             raise
-        logger.warning("%s Using the bundled model instead.", error)
+        logger.info("hub unreachable, falling back to the bundled model: %s", error)
         detector = load_detector(BUNDLED_NAME, device)
         detector.note = f"{error} Showing the bundled model (trained on synthetic shapes) instead."
         return detector
