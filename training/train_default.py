@@ -28,7 +28,11 @@ from core.train import Progress, TrainConfig, train
 from datasets.shapes import ShapesSpec, generate_sample, to_target
 
 TRAIN_FIRST_SEED = 1_000_000
-SHORTEST_EDGE, LONGEST_EDGE = 192, 256
+SHORTEST_EDGE, LONGEST_EDGE = 192, 256  # training resolution (jittered 0.75x to 1.125x)
+# Inference resolution written to preprocessor_config.json, chosen on validation images (seeds
+# 300-599, disjoint from the reported evaluation on seeds 0-299). Final model (8000 steps): AP 0.578
+# at 192, 0.602 at 224, 0.593 at 256, 0.559 at 288.
+INFERENCE_SHORTEST_EDGE, INFERENCE_LONGEST_EDGE = 224, 299
 
 
 def bundled_config(labels: list[str]) -> ConditionalDetrConfig:
@@ -62,7 +66,7 @@ def write_preprocessor_config(directory: Path) -> None:
     (directory / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "ConditionalDetrImageProcessor", "do_resize": True, "do_normalize": True,
         "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
-        "size": {"shortest_edge": SHORTEST_EDGE, "longest_edge": LONGEST_EDGE},
+        "size": {"shortest_edge": INFERENCE_SHORTEST_EDGE, "longest_edge": INFERENCE_LONGEST_EDGE},
     }, indent=1))
 
 
