@@ -21,6 +21,8 @@ def detect(
 ) -> tuple[np.ndarray, list[list], str]:
     """Run ``model_name`` on ``image``; return the annotated image, the detection rows and a status line.
 
+    ``size`` is the shortest edge images are resized to; None or 0 uses the model's own setting.
+
     Rows are ``[query index, label, score, x1, y1, x2, y2]`` in pixels of the image, best first.
     Raises `gr.Error` (shown as a message in the browser) for a missing or unreadable image, an
     out-of-range threshold, or a model that cannot be loaded.
@@ -29,7 +31,8 @@ def detect(
         raise gr.Error("Upload an image or pick an example first.")
     if threshold is None or not 0.0 <= float(threshold) <= 1.0:
         raise gr.Error(f"The threshold must be between 0 and 1, got {threshold}.")
-    if size is not None and not 32 <= int(size) <= 4096:
+    size = int(size) if size else None  # 0 from the slider: the model's own size
+    if size is not None and not 32 <= size <= 4096:
         raise gr.Error(f"The processing size must be between 32 and 4096 pixels, got {size}.")
     try:
         picture = load_image(image)
@@ -38,7 +41,7 @@ def detect(
         raise gr.Error(str(error)) from None
 
     start = time.perf_counter()
-    outputs = predict(detector, [picture], shortest_edge=int(size) if size else None)[0]
+    outputs = predict(detector, [picture], shortest_edge=size)[0]
     seconds = time.perf_counter() - start
     detections = outputs.to_detections(float(threshold))
     rows = [
@@ -50,7 +53,7 @@ def detect(
     status = (
         f"{len(rows)} detection{'s' if len(rows) != 1 else ''} of {outputs.num_queries} queries in {seconds:.2f} s "
         f"· model `{detector.name}` on {detector.device.type} · shortest edge "
-        f"{int(size) if size else detector.preprocess.shortest_edge} px"
+        f"{size or detector.preprocess.shortest_edge} px"
     )
     if detector.note:
         status = f"**Note:** {detector.note}\n\n{status}"

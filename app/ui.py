@@ -30,7 +30,9 @@ def build_app() -> gr.Blocks:
                         info="A hub id, a local save_pretrained directory, or 'bundled'.",
                     )
                     threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Score threshold")
-                    size = gr.Slider(256, 1333, value=800, step=32, label="Processing size (shortest edge, px)")
+                    size = gr.Slider(0, 1344, value=0, step=32, label="Processing size (shortest edge, px)",
+                                     info="0 = the model's own (800 for DETR-R50, 224 for the bundled model); "
+                                          "512 is about 3x faster than 800 on a CPU.")
                     run = gr.Button("Detect", variant="primary", elem_id="detect-button")
                     gr.Examples(_examples(), inputs=[image], label="Examples")
                 with gr.Column():

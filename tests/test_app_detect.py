@@ -93,3 +93,10 @@ def test_offline_hub_model_falls_back_to_bundled_with_a_note(monkeypatch, tmp_pa
     _, rows, status = detect(data.camera(), "facebook/detr-resnet-50", 0.5, 256)
     assert status.startswith("**Note:**") and "facebook/detr-resnet-50" in status and "bundled" in status
     assert "model `bundled`" in status
+
+
+def test_size_zero_means_the_models_own(tiny_detr_dir):
+    _, _, status = detect(data.camera(), str(tiny_detr_dir), 0.5, 0)
+    assert "shortest edge 800 px" in status  # the tiny model keeps DETR's default
+    _, _, status = detect(data.camera(), str(tiny_detr_dir), 0.5, 256)
+    assert "shortest edge 256 px" in status
