@@ -45,10 +45,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        param_id, key = name.split(".", 1)
-        state.setdefault(int(param_id), {})[key] = value
-    for name, value in meta["scalars"].items():
+    for name, value in [*tensors.items(), *meta["scalars"].items()]:
         param_id, key = name.split(".", 1)
         state.setdefault(int(param_id), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
@@ -72,7 +69,7 @@ def save_checkpoint(
         save_file(tensors, tmp / "optimizer.safetensors")
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
-            rng.update({f"cuda{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
+            rng.update({f"cuda{i}": rng_state for i, rng_state in enumerate(torch.cuda.get_rng_state_all())})
         save_file(rng, tmp / "rng.safetensors")
         document = {**state, "optimizer": meta, "scheduler": scheduler.state_dict() if scheduler else None}
         (tmp / "state.json").write_text(json.dumps(document, indent=1, default=str))

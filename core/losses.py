@@ -33,18 +33,20 @@ def validate_targets(targets: list[dict[str, torch.Tensor]], num_classes: int, w
                 f"{where}, image {index}: boxes must be [N, 4] with one label each, got {tuple(boxes.shape)} "
                 f"boxes and {tuple(labels.shape)} labels."
             )
+        non_finite = ~torch.isfinite(boxes).all(1)
+        empty = (boxes[:, 2:] <= 0).any(1)
+        outside = ((boxes[:, :2] < 0) | (boxes[:, :2] > 1)).any(1)
         problems = []
-        if not torch.isfinite(boxes).all():
+        if non_finite.any():
             problems.append("NaN or infinite coordinates")
-        elif (boxes[:, 2:] <= 0).any():
+        elif empty.any():
             problems.append("zero or negative width/height")
-        elif ((boxes[:, :2] < 0) | (boxes[:, :2] > 1)).any():
+        elif outside.any():
             problems.append("a centre outside the image (boxes must be normalized cxcywh)")
         if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
             problems.append(f"class ids outside 0..{num_classes - 1}")
         if problems:
-            bad = (~torch.isfinite(boxes).all(1)) | (boxes[:, 2:] <= 0).any(1) | (boxes[:, :2] < 0).any(1) | (
-                boxes[:, :2] > 1).any(1)
+            bad = non_finite | empty | outside
             first = int(bad.nonzero()[0]) if bad.any() else 0
             raise TargetError(
                 f"{where}, image {index}: {', '.join(problems)} (box {first}: {boxes[first].tolist()}). "

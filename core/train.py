@@ -60,7 +60,6 @@ class TrainConfig:
     one_to_many_layers: int = 0
     class_weight: float | None = None  # None: the model kind's default (DETR 1, Conditional DETR 2)
     seed: int = 0
-    num_workers: int = 0
     log_every: int = 10
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0  # steps; 0 = only at the end
@@ -176,6 +175,11 @@ def _augment(images: list[np.ndarray], targets: list[dict], config: TrainConfig,
     return images, targets, short, long
 
 
+def _final_losses(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The total and the final layer's parts as floats; per-layer parts carry a numeric suffix."""
+    return {k: v.item() for k, v in losses.items() if not k.rsplit("_", 1)[-1].isdigit()}
+
+
 def train(
     model: nn.Module,
     kind: str,
@@ -218,8 +222,11 @@ def train(
     result = TrainResult(status="finished", step=step, epoch=step // max(steps_per_epoch, 1))
     nonfinite_in_a_row, started, images_seen = 0, time.perf_counter(), 0
     device = accelerator.device
+    last_good: dict[str, torch.Tensor] = {}  # losses of the last finite step, read out only when needed
 
     def checkpoint(epoch: int) -> None:
+        if last_good:
+            result.last_losses = _final_losses(last_good)
         if config.checkpoint_dir and accelerator.is_main_process:
             state = {"step": step, "epoch": epoch, "labels": labels, "kind": kind, "train_config": asdict(config),
                      "last_losses": result.last_losses}
@@ -234,6 +241,8 @@ def train(
                 break
             if cancel is not None and cancel.is_set():
                 result.status = "cancelled"
+                if last_good:
+                    result.last_losses = _final_losses(last_good)
                 accelerator.wait_for_everyone()
                 return result
             items = [dataset[i] for i in indices]
@@ -273,9 +282,9 @@ def train(
             step += 1
             images_seen += len(indices) * accelerator.num_processes
             result.step, result.epoch = step, epoch
-            # the total and the final layer's parts; per-layer parts carry a numeric suffix
-            result.last_losses = {k: v.item() for k, v in losses.items() if not k.rsplit("_", 1)[-1].isdigit()}
+            last_good = {k: v.detach() for k, v in losses.items()}
             if progress is not None and (step % config.log_every == 0 or step == total_steps):
+                result.last_losses = _final_losses(last_good)
                 elapsed = time.perf_counter() - started
                 rate = images_seen / max(elapsed, 1e-9)
                 progress(Progress(step, int(total_steps), epoch, result.last_losses, scheduler.get_last_lr()[0],

@@ -14,13 +14,9 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import torch  # noqa: E402
-from transformers import (  # noqa: E402
-    ConditionalDetrConfig,
-    ConditionalDetrForObjectDetection,
-    DetrConfig,
-    DetrForObjectDetection,
-    ResNetConfig,
-)
+from transformers import ConditionalDetrConfig, DetrConfig, ResNetConfig  # noqa: E402
+
+from core.loading import ARCHITECTURES  # noqa: E402
 
 LABELS = ["circle", "square", "triangle"]
 
@@ -39,20 +35,24 @@ def tiny_config(kind: str = "detr", num_queries: int = 12, labels: list[str] = L
     return DetrConfig(**common) if kind == "detr" else ConditionalDetrConfig(**common)
 
 
-def save_tiny_model(
-    directory: Path, kind: str = "detr", seed: int = 0, return_model: bool = False, init_std: float = 0.3, **kwargs
-):
+def tiny_model(kind: str = "detr", seed: int = 0, **config_overrides):
+    """A tiny random model of ``kind``, its weights fixed by ``seed``; overrides set config attributes."""
+    torch.manual_seed(seed)
+    config = tiny_config(kind)
+    for name, value in config_overrides.items():
+        setattr(config, name, value)
+    return ARCHITECTURES[kind][1](config)
+
+
+def save_tiny_model(directory: Path, kind: str = "detr", seed: int = 0, return_model: bool = False,
+                    init_std: float = 0.3):
     """Save a tiny random model to ``directory``; return the directory (or the model itself).
 
     ``init_std`` sets the model's gain. At 0.3 queries differ clearly (good for thresholds and
     sorting) but outputs swing with small input changes; at 0.1 the model is calm enough for
     parity tolerances that mean something for a trained model.
     """
-    torch.manual_seed(seed)
-    config = tiny_config(kind, **kwargs)
-    model_class = DetrForObjectDetection if kind == "detr" else ConditionalDetrForObjectDetection
-    config.init_std = init_std
-    model = model_class(config).eval()
+    model = tiny_model(kind, seed, init_std=init_std).eval()
     # Default init gives every query the same box and class; larger query embeddings and class
     # weights make queries differ, so thresholds, sorting and per-query checks mean something.
     with torch.no_grad():

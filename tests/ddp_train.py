@@ -10,17 +10,14 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import tiny_config  # noqa: E402
+from conftest import tiny_model  # noqa: E402
 from core.train import TrainConfig, train  # noqa: E402
 from datasets.shapes import ShapesDataset  # noqa: E402
 
 
 def main() -> None:
     out = Path(sys.argv[1])
-    from transformers import DetrForObjectDetection
-
-    torch.manual_seed(0)  # the same initial weights on both ranks, as from_pretrained would give
-    model = DetrForObjectDetection(tiny_config("detr"))
+    model = tiny_model("detr", seed=0)  # the same initial weights on both ranks, as from_pretrained would give
     config = TrainConfig(max_steps=4, batch_size=2, lr=1e-3, lr_backbone=1e-3, freeze_stem=False,
                          shortest_edge=96, longest_edge=128, hflip=0.5, seed=0)
     result = train(model, "detr", ShapesDataset(16, first_seed=40), config)

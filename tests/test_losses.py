@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import tiny_model
 from core.losses import SetCriterion, TargetError, criterion_for, stack_decoder_outputs, validate_targets
 
 
@@ -22,12 +22,8 @@ def targets_for(generator, sizes, num_classes=3):
 @pytest.mark.parametrize("kind", ["detr", "conditional_detr"])
 @pytest.mark.parametrize("sizes", [[3, 1], [5, 0, 2]])  # 0: an image without objects
 def test_equals_transformers_loss(kind, sizes):
-    from transformers import ConditionalDetrForObjectDetection, DetrForObjectDetection
-
-    torch.manual_seed(0)
-    config = tiny_config(kind)
-    config.auxiliary_loss = True
-    model = (DetrForObjectDetection if kind == "detr" else ConditionalDetrForObjectDetection)(config).eval()
+    model = tiny_model(kind, auxiliary_loss=True).eval()
+    config = model.config
     generator = torch.Generator().manual_seed(1)
     pixels = torch.randn(len(sizes), 3, 64, 96, generator=generator)
     targets = targets_for(generator, sizes)

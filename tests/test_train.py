@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import ConditionalDetrForObjectDetection, DetrForObjectDetection
 
-from conftest import tiny_config
+from conftest import tiny_model
 from core.checkpoints import latest_checkpoint
 from core.loading import load_detector
 from core.train import AllDecoderLayers, NonFiniteLossError, TrainConfig, train
@@ -25,10 +24,7 @@ from datasets.shapes import ShapesDataset
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny(kind="detr", seed=0):
-    torch.manual_seed(seed)
-    model_class = DetrForObjectDetection if kind == "detr" else ConditionalDetrForObjectDetection
-    return model_class(tiny_config(kind))
+tiny = tiny_model
 
 
 def quick(**overrides) -> TrainConfig:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetection, ResNetConfig
 
-from core.loading import BUNDLED_DIR
+from core.loading import BUNDLED_DIR, DEFAULT_IMAGE_MEAN, DEFAULT_IMAGE_STD
 from core.train import Progress, TrainConfig, train
 from datasets.shapes import ShapesSpec, generate_sample, to_target
 
@@ -65,7 +65,7 @@ class CachedShapes(torch.utils.data.Dataset):
 def write_preprocessor_config(directory: Path) -> None:
     (directory / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "ConditionalDetrImageProcessor", "do_resize": True, "do_normalize": True,
-        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+        "image_mean": list(DEFAULT_IMAGE_MEAN), "image_std": list(DEFAULT_IMAGE_STD),
         "size": {"shortest_edge": INFERENCE_SHORTEST_EDGE, "longest_edge": INFERENCE_LONGEST_EDGE},
     }, indent=1))
 
