@@ -5,7 +5,8 @@ Layout of ``<dir>/checkpoint-<step>/``:
     config.json, model.safetensors   the model, in save_pretrained layout (loadable by core.loading)
     optimizer.safetensors            the optimizer's tensors (moments), flattened
     rng.safetensors                  torch's random state (dropout), so a resumed run repeats the
-                                     uninterrupted one exactly
+                                     uninterrupted one exactly when no augmentation is used (the
+                                     augmentation generator is re-seeded from the resume step)
     state.json                       step, epoch, labels, training config, optimizer param groups,
                                      scheduler state, metrics; written last
 
