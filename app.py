@@ -1,16 +1,19 @@
 """Entry point: build the DETR Studio Gradio app and launch it (also the Spaces `app_file`).
 
-    python app.py [--host 127.0.0.1] [--port 7860] [--model NAME]
+    python app.py [--host 127.0.0.1] [--port 7860] [--model NAME] [--data-dir DIR] [--dataset NAME]
 
-Host and port default to GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, else 127.0.0.1:7860.
+Host and port default to GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, else 127.0.0.1:7860. The data
+directory (FiftyOne database unless FIFTYONE_DATABASE_URI is set, media, model versions) defaults
+to DETR_STUDIO_DATA, else /data/detr-studio when /data exists (Spaces storage), else ~/.detr-studio.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
-from app.ui import build_app
+from datasets.review import DEFAULT_DATASET, configure_fiftyone, default_data_dir
 
 
 def main() -> None:
@@ -18,10 +21,23 @@ def main() -> None:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--model", default=None, help="model selected at start (default: DETR_STUDIO_MODEL or DETR-R50)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="app data directory (default: DETR_STUDIO_DATA, "
+                        "/data/detr-studio on Spaces, else ~/.detr-studio)")
+    parser.add_argument("--dataset", default=os.environ.get("DETR_STUDIO_DATASET", DEFAULT_DATASET),
+                        help="name of the FiftyOne review dataset")
     args = parser.parse_args()
     if args.model:
         os.environ["DETR_STUDIO_MODEL"] = args.model
-    build_app().queue().launch(server_name=args.host, server_port=args.port)
+    data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    where = configure_fiftyone(data_dir)  # before anything opens a FiftyOne connection
+    print(f"DETR Studio data: {data_dir} (review dataset {args.dataset!r}; {where})", flush=True)
+
+    from app import review
+    from app.ui import build_app, launch_options
+
+    review.configure(args.dataset, data_dir)
+    build_app().queue().launch(server_name=args.host, server_port=args.port, **launch_options(data_dir))
 
 
 if __name__ == "__main__":

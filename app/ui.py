@@ -1,45 +1,214 @@
-"""Builds the Gradio Blocks app from the tab handlers. No logic lives here, only wiring."""
+"""Builds the Gradio Blocks app from the tab handlers. No logic lives here, only wiring.
+
+Every main event has a stable ``api_name`` so scripts can drive the app with `gradio_client`.
+"""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import gradio as gr
+from gradio_image_annotation import image_annotator
 
-from app.detect import DETECTION_HEADERS, detect
+from app import queries, review
+from app.detect import DETECTION_HEADERS, detect, detect_batch, model_labels
 from app.models import default_model, model_choices
+from app.render import class_color
 from core.loading import ASSETS_DIR
 
 EXAMPLES_DIR = ASSETS_DIR / "examples"
+MAX_UPLOAD = "50mb"
 
 
 def _examples() -> list[str]:
     return sorted(str(path) for path in Path(EXAMPLES_DIR).glob("*.jpg"))
 
 
+def _detect_tab(model, threshold, size):
+    with gr.Row():
+        with gr.Column():
+            image = gr.Image(label="Image", type="numpy", elem_id="detect-input")
+            classes = gr.Dropdown(choices=[], value=[], multiselect=True, allow_custom_value=True,
+                                  label="Only these classes (empty: all)", elem_id="detect-classes")
+            with gr.Row():
+                run = gr.Button("Detect", variant="primary", elem_id="detect-button")
+                send = gr.Button("Send to review", elem_id="send-to-review")
+            gr.Examples(_examples(), inputs=[image], label="Examples: shapes (bundled model) and photos")
+        with gr.Column():
+            annotated = gr.Image(label="Detections", type="numpy", interactive=False, elem_id="detect-output")
+            status = gr.Markdown(elem_id="detect-status")
+            table = gr.Dataframe(headers=DETECTION_HEADERS, label="Detections", interactive=False,
+                                 elem_id="detect-table")
+    with gr.Accordion("Several images at once", open=False):
+        files = gr.File(file_count="multiple", file_types=["image"], label="Images", elem_id="batch-input")
+        run_batch = gr.Button("Detect all", elem_id="batch-button")
+        gallery = gr.Gallery(label="Annotated", columns=4, height="auto", elem_id="batch-gallery")
+        batch_status = gr.Markdown()
+        batch_table = gr.Dataframe(headers=["file", *DETECTION_HEADERS], interactive=False, label="All detections")
+    run.click(detect, inputs=[image, model, threshold, size, classes], outputs=[annotated, table, status],
+              api_name="detect")
+    run_batch.click(detect_batch, inputs=[files, model, threshold, size, classes],
+                    outputs=[gallery, batch_table, batch_status], api_name="detect_batch")
+    classes.focus(model_labels, inputs=[model], outputs=[classes], api_name=False)
+
+    def pick(files, evt: gr.SelectData):
+        """A gallery click makes that image the current one (for Queries and review)."""
+        return getattr(files[evt.index], "name", files[evt.index])
+
+    gallery.select(pick, inputs=[files], outputs=[image], api_name=False)
+    return image, files, send
+
+
+def _queries_tab(image, files, model, threshold, size):
+    key = gr.Textbox(visible=False, elem_id="queries-key")
+    with gr.Row():
+        inspect = gr.Button("Inspect queries of the current image", variant="primary", elem_id="queries-button")
+        query_status = gr.Markdown(elem_id="queries-status")
+    with gr.Row():
+        with gr.Column(scale=2):
+            overlay = gr.Image(label="Selected query: box and decoder cross-attention", type="numpy",
+                               interactive=False, elem_id="query-overlay")
+            details = gr.Markdown(elem_id="query-details")
+        with gr.Column(scale=1):
+            grid = gr.Image(label="All queries (click one): colour = top class, brightness = score, "
+                                  "white frame = passes the threshold", type="numpy", interactive=False,
+                            elem_id="query-grid")
+            with gr.Row():
+                query = gr.Number(label="Query", value=0, precision=0, minimum=0, elem_id="query-index")
+                layer = gr.Dropdown(choices=[], label="Decoder layer", elem_id="query-layer")
+                head = gr.Dropdown(choices=[queries.MEAN_HEADS], value=queries.MEAN_HEADS, label="Head",
+                                   elem_id="query-head")
+            promote = gr.Button("Promote to label (add to this image's review)", elem_id="promote-button")
+    table = gr.Dataframe(headers=queries.QUERY_HEADERS, label="Every query (click a header to sort, a row to inspect)",
+                         interactive=False, elem_id="queries-table", max_height=420)
+    with gr.Accordion("Slot specialization over a dataset (DETR paper, Fig. 7)", open=False):
+        gr.Markdown("Where each chosen query slot puts its boxes over many images: the images of the "
+                    "'Several images' upload, else the review dataset's images.")
+        slots = gr.Textbox(label="Slots", placeholder="0-19 (default), or e.g. 0-9, 42", elem_id="slots")
+        plot_button = gr.Button("Plot slots", elem_id="slots-button")
+        plot = gr.Plot(label="Box centres per slot", elem_id="slots-plot")
+
+    inspect.click(queries.run_queries, inputs=[image, model, size, threshold],
+                  outputs=[key, table, grid, layer, head, query_status], api_name="queries").then(
+        queries.query_attention, inputs=[key, query, layer, head, threshold], outputs=[overlay, grid, details],
+        api_name=False)
+    show = dict(fn=queries.query_attention, inputs=[key, query, layer, head, threshold],
+                outputs=[overlay, grid, details])
+    query.submit(**show, api_name="query_attention")
+    layer.input(**show, api_name=False)
+    head.input(**show, api_name=False)
+    grid.select(queries.grid_select, inputs=[key], outputs=[query], api_name=False).then(**show, api_name=False)
+    table.select(queries.table_select, outputs=[query], api_name=False).then(**show, api_name=False)
+
+    def dataset_images(files):
+        if files:
+            return [getattr(f, "name", f) for f in files]
+        return [s.filepath for s in review.store().dataset.select_fields().limit(500)]
+
+    plot_button.click(lambda files, m, text, s: queries.slot_specialization(dataset_images(files), m, text, s),
+                      inputs=[files, model, slots, size], outputs=[plot], api_name="slot_plot")
+    return key, query, promote
+
+
+def _with_labels(handler):
+    """Wrap a handler whose first output is the editor value so the editor offers the dataset's labels."""
+
+    @functools.wraps(handler)
+    def wrapped(*args):
+        value, *rest = handler(*args)
+        labels = review.store().labels
+        editor = image_annotator(value=value, label_list=labels,
+                                 label_colors=[class_color(i) for i in range(len(labels))])
+        return (editor, *rest)
+
+    return wrapped
+
+
+def _review_tab():
+    with gr.Row():
+        with gr.Column(scale=3):
+            editor = image_annotator(label="Boxes: drag to move or resize, draw to add, select + Delete to remove, "
+                                           "double-click to change the label", label_list=[], sources=[],
+                                     elem_id="review-editor", height=560)
+        with gr.Column(scale=1):
+            status = gr.Markdown(elem_id="review-status")
+            sample_id = gr.Textbox(label="Sample", interactive=False, elem_id="review-sample")
+            revision = gr.Number(label="Revision", value=0, precision=0, interactive=False, elem_id="review-revision")
+            reviewer = gr.Textbox(label="Reviewer", value="reviewer", elem_id="review-reviewer")
+            save = gr.Button("Save", variant="primary", elem_id="review-save")
+            undo = gr.Button("Undo last save", elem_id="review-undo")
+            next_button = gr.Button("Next to review (most uncertain first)", elem_id="review-next")
+            counts = gr.Markdown(elem_id="review-counts")
+    with gr.Accordion("Import and export", open=False):
+        with gr.Row():
+            folder = gr.Textbox(label="Folder of images (on the server)")
+            import_folder = gr.Button("Import folder")
+        with gr.Row():
+            coco = gr.Textbox(label="COCO annotations JSON (or its folder)")
+            coco_images = gr.Textbox(label="Image folder (default: the JSON's folder)")
+            import_coco = gr.Button("Import COCO")
+        with gr.Row():
+            export_dir = gr.Textbox(label="Export reviewed samples as COCO into (an empty folder)")
+            export = gr.Button("Export COCO")
+        io_status = gr.Markdown()
+    with gr.Accordion("Evaluate predictions against reviewed truth", open=False):
+        evaluate = gr.Button("Evaluate (FiftyOne, COCO mAP)", elem_id="review-evaluate")
+        eval_summary = gr.Markdown(elem_id="eval-summary")
+        with gr.Row():
+            per_class = gr.Dataframe(headers=["class", "AP"], interactive=False, label="Per-class AP")
+            pr_plot = gr.Plot(label="Precision-recall")
+    with gr.Row():
+        open_app = gr.Button("Open in FiftyOne", elem_id="open-fiftyone")
+        fiftyone_link = gr.Markdown()
+    return dict(editor=editor, status=status, sample_id=sample_id, revision=revision, reviewer=reviewer, save=save,
+                undo=undo, next=next_button, counts=counts, folder=folder, import_folder=import_folder, coco=coco,
+                coco_images=coco_images, import_coco=import_coco, export_dir=export_dir, export=export,
+                io_status=io_status, evaluate=evaluate, eval_summary=eval_summary, per_class=per_class,
+                pr_plot=pr_plot, open_app=open_app, fiftyone_link=fiftyone_link)
+
+
 def build_app() -> gr.Blocks:
     """The whole app; `app.py` launches it, tests drive it through `gradio_client` or a browser."""
     with gr.Blocks(title="DETR Studio") as demo:
-        gr.Markdown("# DETR Studio\nLook inside DETR-family detectors: run detection on your images.")
+        gr.Markdown("# DETR Studio\nSee inside DETR-family detectors, review their output into FiftyOne.")
+        with gr.Row():
+            model = gr.Dropdown(choices=model_choices(), value=default_model(), label="Model", allow_custom_value=True,
+                                info="A hub id, a local save_pretrained directory, or 'bundled'.", scale=2)
+            threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Score threshold", scale=1)
+            size = gr.Slider(0, 1344, value=0, step=32, label="Processing size (shortest edge, px)", scale=1,
+                             info="0 = the model's own (800 for DETR-R50, 224 for bundled); 512 is ~3x faster on CPU.")
         with gr.Tab("Detect"):
-            with gr.Row():
-                with gr.Column():
-                    image = gr.Image(label="Image", type="numpy", elem_id="detect-input")
-                    model = gr.Dropdown(
-                        choices=model_choices(), value=default_model(), label="Model", allow_custom_value=True,
-                        info="A hub id, a local save_pretrained directory, or 'bundled'.",
-                    )
-                    threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Score threshold")
-                    size = gr.Slider(0, 1344, value=0, step=32, label="Processing size (shortest edge, px)",
-                                     info="0 = the model's own (800 for DETR-R50, 224 for the bundled model); "
-                                          "512 is about 3x faster than 800 on a CPU.")
-                    run = gr.Button("Detect", variant="primary", elem_id="detect-button")
-                    gr.Examples(_examples(), inputs=[image], label="Examples")
-                with gr.Column():
-                    annotated = gr.Image(label="Detections", type="numpy", interactive=False, elem_id="detect-output")
-                    status = gr.Markdown(elem_id="detect-status")
-                    table = gr.Dataframe(headers=DETECTION_HEADERS, label="Detections", interactive=False,
-                                         elem_id="detect-table")
-            run.click(detect, inputs=[image, model, threshold, size], outputs=[annotated, table, status],
-                      api_name="detect")
+            image, files, send = _detect_tab(model, threshold, size)
+        with gr.Tab("Queries"):
+            key, query, promote = _queries_tab(image, files, model, threshold, size)
+        with gr.Tab("Review"):
+            r = _review_tab()
+
+        loaded = [r["editor"], r["sample_id"], r["revision"], r["status"]]
+        send.click(_with_labels(review.send_to_review), inputs=[image, model, threshold, size], outputs=loaded,
+                   api_name="send_to_review").then(review.review_counts, outputs=[r["counts"]], api_name=False)
+        promote.click(_with_labels(review.promote_query), inputs=[key, query, r["sample_id"], r["editor"], threshold],
+                      outputs=loaded, api_name="promote_query")
+        r["save"].click(_with_labels(review.save_review), inputs=[r["sample_id"], r["revision"], r["editor"], r["reviewer"],
+                                                    threshold], outputs=loaded, api_name="save_review").then(
+            review.review_counts, outputs=[r["counts"]], api_name=False)
+        r["undo"].click(_with_labels(review.undo_review), inputs=[r["sample_id"], r["revision"], r["reviewer"], threshold],
+                        outputs=loaded, api_name="undo_review")
+        r["next"].click(_with_labels(review.next_to_review), inputs=[r["sample_id"], threshold], outputs=loaded,
+                        api_name="next_to_review").then(review.review_counts, outputs=[r["counts"]], api_name=False)
+        r["import_folder"].click(review.import_folder, inputs=[r["folder"], model, threshold, size],
+                                 outputs=[r["io_status"]], api_name="import_folder")
+        r["import_coco"].click(review.import_coco, inputs=[r["coco"], r["coco_images"], model, threshold, size],
+                               outputs=[r["io_status"]], api_name="import_coco")
+        r["export"].click(review.export_coco, inputs=[r["export_dir"]], outputs=[r["io_status"]],
+                          api_name="export_coco")
+        r["evaluate"].click(review.evaluate_reviewed, outputs=[r["eval_summary"], r["per_class"], r["pr_plot"]],
+                            api_name="evaluate")
+        r["open_app"].click(review.open_fiftyone, outputs=[r["fiftyone_link"]], api_name="open_fiftyone")
     return demo
+
+
+def launch_options(data_dir: Path) -> dict:
+    """What `launch` needs: uploads capped, and file access only to the review media and examples."""
+    return {"max_file_size": MAX_UPLOAD, "allowed_paths": [str(Path(data_dir) / "media"), str(EXAMPLES_DIR)]}

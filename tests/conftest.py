@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+# A throwaway FiftyOne database (its own MongoDB, started on first use) for the whole run.
+os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="detr-studio-fiftyone-"))
+os.environ.pop("FIFTYONE_DATABASE_URI", None)
 
 import torch  # noqa: E402
 from transformers import ConditionalDetrConfig, DetrConfig, ResNetConfig  # noqa: E402
@@ -80,3 +86,19 @@ def calm_model_dir(request, tmp_path_factory) -> Path:
 @pytest.fixture(params=["detr", "conditional_detr"])
 def tiny_model_dir(request, tiny_detr_dir, tiny_conditional_dir) -> Path:
     return tiny_detr_dir if request.param == "detr" else tiny_conditional_dir
+
+
+@pytest.fixture
+def review_store(tmp_path):
+    """A fresh review dataset in the throwaway database, set as the app's store; deleted afterwards."""
+    from app import review
+    from datasets.review import ReviewStore
+
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    review.configure(name, tmp_path / "data")
+    store = review.store()
+    assert isinstance(store, ReviewStore)
+    yield store
+    review.close_fiftyone()
+    store.dataset.delete()
+    review.configure(None, None)

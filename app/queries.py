@@ -1,0 +1,202 @@
+"""The Queries tab's handlers: every object query of the current image, and its cross-attention.
+
+The model runs once per (image, model, size); the outputs, with every decoder layer's
+cross-attention, are kept in a small cache so selecting queries, layers and heads never reruns it.
+A handler returns a cache key that the page (or a `gradio_client` script) passes back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import gradio as gr
+import numpy as np
+
+from app.models import get_detector
+from app.render import attention_overlay, grid_query_at, query_grid, slot_plot
+from core.images import ImageError, load_image
+from core.inference import QueryOutputs, predict
+from core.loading import ModelLoadError
+
+QUERY_HEADERS = ["query", "label", "score", "no-object", "x1", "y1", "x2", "y2", "passed"]
+CACHE_SIZE = 12
+MEAN_HEADS = "mean"
+
+
+@dataclass
+class Inspected:
+    image: np.ndarray
+    outputs: QueryOutputs
+    model_name: str
+    model_version: str
+    seconds: float
+
+
+_lock = threading.Lock()
+_cache: OrderedDict[str, Inspected] = OrderedDict()
+
+
+def _remember(key: str, item: Inspected) -> None:
+    with _lock:
+        _cache[key] = item
+        _cache.move_to_end(key)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+
+
+def inspected(key: str) -> Inspected:
+    """The cached outputs for ``key``; a clear error when they were evicted or never made."""
+    with _lock:
+        item = _cache.get(key or "")
+    if item is None:
+        raise gr.Error("These query outputs are no longer cached; press 'Inspect queries' again.")
+    return item
+
+
+def _size(size) -> int | None:
+    size = int(size) if size else None
+    if size is not None and not 32 <= size <= 4096:
+        raise gr.Error(f"The processing size must be between 32 and 4096 pixels, got {size}.")
+    return size
+
+
+def run_queries(image, model_name: str, size: int | None, threshold: float):
+    """Run the model once with all decoder layers' attention; returns
+    ``(key, rows, grid picture, layer choices, head choices, status)``."""
+    if image is None:
+        raise gr.Error("Upload an image or pick an example in the Detect tab first.")
+    if threshold is None or not 0.0 <= float(threshold) <= 1.0:
+        raise gr.Error(f"The threshold must be between 0 and 1, got {threshold}.")
+    size = _size(size)
+    try:
+        picture = np.asarray(load_image(image))
+        detector = get_detector(model_name)
+    except (ImageError, ModelLoadError) as error:
+        raise gr.Error(str(error)) from None
+    key = hashlib.sha256(np.ascontiguousarray(picture).tobytes()).hexdigest()[:16] + f"|{detector.name}|{size}"
+    with _lock:
+        cached = _cache.get(key)
+    if cached is None:
+        layers = list(range(detector.model.config.decoder_layers))
+        start = time.perf_counter()
+        outputs = predict(detector, [picture], shortest_edge=size, attention_layers=layers)[0]
+        cached = Inspected(picture, outputs, model_name, detector.name, time.perf_counter() - start)
+    _remember(key, cached)
+    outputs = cached.outputs
+    heads = next(iter(outputs.attention.values())).shape[0]
+    passed = int(outputs.passed(float(threshold)).sum())
+    status = (f"{outputs.num_queries} queries, {passed} at or above {float(threshold):.2f} · model "
+              f"`{detector.name}` · {cached.seconds:.2f} s (computed once; selecting queries reuses it)")
+    if detector.note:
+        status = f"**Note:** {detector.note}\n\n{status}"
+    return (key, query_rows(outputs, float(threshold)), query_grid(outputs, float(threshold)),
+            gr.update(choices=[str(layer) for layer in sorted(outputs.attention)], value=str(max(outputs.attention))),
+            gr.update(choices=[MEAN_HEADS] + [str(h) for h in range(heads)], value=MEAN_HEADS), status)
+
+
+def query_rows(outputs: QueryOutputs, threshold: float) -> list[list]:
+    """One row per query in index order; the browser's table sorts by any column."""
+    rows = []
+    for query in range(outputs.num_queries):
+        x1, y1, x2, y2 = (round(float(v), 1) for v in outputs.boxes[query])
+        rows.append([query, outputs.labels[outputs.label_ids[query]], round(float(outputs.scores[query]), 4),
+                     round(float(outputs.no_object[query]), 4), x1, y1, x2, y2,
+                     "yes" if outputs.scores[query] >= threshold else "no"])
+    return rows
+
+
+def query_attention(key: str, query, layer=None, head=None, threshold: float = 0.5):
+    """One query's box and cross-attention on the image; returns ``(overlay, grid, details)``.
+
+    ``layer`` is a decoder layer index (default the last), ``head`` a head index or "mean".
+    """
+    item = inspected(key)
+    outputs = item.outputs
+    try:
+        query = int(query)
+    except (TypeError, ValueError):
+        raise gr.Error(f"Pick a query: a number from 0 to {outputs.num_queries - 1}.") from None
+    if not 0 <= query < outputs.num_queries:
+        raise gr.Error(f"Query {query} does not exist; this model has queries 0 to {outputs.num_queries - 1}.")
+    layer = int(layer) if layer not in (None, "") else max(outputs.attention)
+    head = None if head in (None, "", MEAN_HEADS) else int(head)
+    try:
+        heatmap = outputs.attention_map(query, layer, head)
+    except ValueError as error:
+        raise gr.Error(str(error)) from None
+    label_id = int(outputs.label_ids[query])
+    label = outputs.labels[label_id]
+    caption = f"query {query}: {label} {outputs.scores[query]:.2f}"
+    overlay = attention_overlay(item.image, heatmap, outputs.boxes[query], caption, label_id)
+    top = np.argsort(-outputs.probs[query])[:3]
+    names = outputs.labels + (["no object"] if outputs.probs.shape[1] > len(outputs.labels) else [])
+    details = (f"**Query {query}** · layer {layer} · {'heads averaged' if head is None else f'head {head}'}\n\n"
+               "top classes: " + ", ".join(f"{names[i]} {outputs.probs[query, i]:.3f}" for i in top)
+               + f" · no-object {outputs.no_object[query]:.3f}")
+    return overlay, query_grid(outputs, float(threshold), selected=query), details
+
+
+def grid_select(key: str, evt: gr.SelectData) -> int:
+    """The query under a click on the grid picture."""
+    outputs = inspected(key).outputs
+    x, y = evt.index
+    query = grid_query_at(outputs.num_queries, x, y)
+    if query is None:
+        raise gr.Error("That click was outside the grid; click a cell.")
+    return query
+
+
+def table_select(evt: gr.SelectData) -> int:
+    """The query of the clicked table row (its first column, so it survives sorting)."""
+    return int(evt.row_value[0])
+
+
+def slot_specialization(images: list, model_name: str, slots_text: str, size: int | None = None):
+    """Fig. 7 of the DETR paper over ``images``: where each chosen slot puts its boxes."""
+    if not images:
+        raise gr.Error("Add images first: upload several in the Detect tab or send some to review.")
+    size = _size(size)
+    try:
+        detector = get_detector(model_name)
+        pictures = [load_image(image) for image in images]
+    except (ImageError, ModelLoadError) as error:
+        raise gr.Error(str(error)) from None
+    num_queries = detector.model.config.num_queries
+    slots = parse_slots(slots_text, num_queries)
+    outputs = predict(detector, pictures, shortest_edge=size)
+    centers, sizes = [], []
+    for out in outputs:
+        width, height = out.image_size
+        boxes = out.boxes / np.array([width, height, width, height])
+        centers.append(np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], -1))
+        sizes.append(np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], -1))
+    return slot_plot(np.stack(centers), np.stack(sizes), slots,
+                     f"{detector.name}: box centres of {len(slots)} slots over {len(outputs)} images")
+
+
+def parse_slots(text: str, num_queries: int) -> list[int]:
+    """``"0-9, 42"`` -> ``[0, ..., 9, 42]``; empty text = the first 20 slots.
+
+    >>> parse_slots("3, 0-2", 100)
+    [0, 1, 2, 3]
+    """
+    if not text or not text.strip():
+        return list(range(min(20, num_queries)))
+    slots: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            low, _, high = part.partition("-")
+            slots.update(range(int(low), int(high or low) + 1))
+        except ValueError:
+            raise gr.Error(f"Cannot read slots {part!r}; write numbers and ranges like '0-9, 42'.") from None
+    if not slots or min(slots) < 0 or max(slots) >= num_queries:
+        raise gr.Error(f"Slots must lie between 0 and {num_queries - 1}.")
+    if len(slots) > 50:
+        raise gr.Error("Pick at most 50 slots so the plot stays readable.")
+    return sorted(slots)

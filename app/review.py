@@ -1,0 +1,307 @@
+"""The Review tab's handlers: the FiftyOne review store, the box editor, the queue, import/export,
+evaluation and the FiftyOne App. Plain functions, called by Gradio and by the tests.
+
+The editor is `gradio_image_annotation`; its value is ``{"image": ..., "boxes": [{"xmin", "ymin",
+"xmax", "ymax", "label", "color"}]}`` in image pixels. Every save names the revision it was
+made against, so a reviewer never silently overwrites another's work.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import supervision as sv
+
+from app.models import get_detector
+from app.queries import inspected
+from app.render import class_color, pr_curves
+from core.images import ImageError, load_image
+from core.inference import predict
+from core.loading import ModelLoadError
+from datasets.coco import CocoError, export_reviewed, list_images, read_coco
+from datasets.review import DEFAULT_DATASET, ReviewError, ReviewStore, default_data_dir
+
+_lock = threading.RLock()  # store() is also called while holding it
+_settings = {"dataset": DEFAULT_DATASET, "data_dir": None}
+_store: ReviewStore | None = None
+_fiftyone_session = None
+
+
+def configure(dataset: str | None = None, data_dir: Path | None = None) -> None:
+    """Choose the review dataset and data directory (before the first request)."""
+    global _store
+    with _lock:
+        _settings.update(dataset=dataset or DEFAULT_DATASET, data_dir=data_dir)
+        _store = None
+
+
+def store() -> ReviewStore:
+    """The app's review store, opened on first use."""
+    global _store
+    with _lock:
+        if _store is None:
+            try:
+                _store = ReviewStore.open(_settings["dataset"], _settings["data_dir"] or default_data_dir())
+            except ReviewError as error:
+                raise gr.Error(str(error)) from None
+        return _store
+
+
+# ---- editor value <-> detections ---------------------------------------------------------------
+
+def _editor_boxes(detections: sv.Detections, labels: list[str]) -> list[dict]:
+    boxes = []
+    for (x0, y0, x1, y1), name in zip(detections.xyxy, detections.data.get("class_name", [])):
+        index = labels.index(name) if name in labels else len(labels)
+        boxes.append({"xmin": int(round(x0)), "ymin": int(round(y0)), "xmax": int(round(x1)), "ymax": int(round(y1)),
+                      "label": str(name), "color": class_color(index)})
+    return boxes
+
+
+def editor_detections(value: dict | None) -> sv.Detections:
+    """The editor's boxes as `sv.Detections` (labels checked later by the store)."""
+    if not value or value.get("image") is None:
+        raise gr.Error("Load a sample into the editor first (Next to review, or Send to review).")
+    boxes = value.get("boxes") or []
+    try:
+        xyxy = np.array([[float(b["xmin"]), float(b["ymin"]), float(b["xmax"]), float(b["ymax"])] for b in boxes],
+                        dtype=np.float32).reshape(-1, 4)
+    except (KeyError, TypeError, ValueError):
+        raise gr.Error("A box is missing a coordinate; redraw it.") from None
+    if not np.isfinite(xyxy).all():
+        raise gr.Error("A box has a coordinate that is not a number; redraw it.")
+    names = np.array([b.get("label") if isinstance(b.get("label"), str) else "" for b in boxes], dtype=object)
+    return sv.Detections(xyxy=xyxy, data={"class_name": names})
+
+
+def _status(item, note: str = "") -> str:
+    who = f" by {html.escape(item.reviewer)}" if item.reviewer else ""
+    when = f" at {item.time:%Y-%m-%d %H:%M} UTC" if item.time else ""
+    counts = store().counts()
+    text = (f"Sample `{item.sample_id}` · **{item.status}**{who}{when} · revision {item.revision} · "
+            f"{counts['reviewed']} reviewed, {counts['to_review']} to review")
+    return f"{note}\n\n{text}" if note else text
+
+
+def load_sample(sample_id: str, threshold: float = 0.5):
+    """A stored sample into the editor: its reviewed truth, else predictions at ``threshold``.
+
+    Returns ``(editor value, sample id, revision, status)``.
+    """
+    try:
+        item = store().get(sample_id)
+    except ReviewError as error:
+        raise gr.Error(str(error)) from None
+    if item.ground_truth is not None:
+        boxes = item.ground_truth
+    else:
+        boxes = item.predictions[item.predictions.confidence >= float(threshold)] if len(item.predictions) else \
+            item.predictions
+    value = {"image": item.filepath, "boxes": _editor_boxes(boxes, store().labels)}
+    return value, item.sample_id, item.revision, _status(item)
+
+
+def send_to_review(image, model_name: str, threshold: float, size: int | None = None):
+    """Add the Detect tab's image and its predictions to the review dataset and open it in the editor."""
+    if image is None:
+        raise gr.Error("Upload an image or pick an example first.")
+    try:
+        picture = load_image(image)
+        detector = get_detector(model_name)
+    except (ImageError, ModelLoadError) as error:
+        raise gr.Error(str(error)) from None
+    outputs = predict(detector, [picture], shortest_edge=int(size) if size else None)[0]
+    # Store everything above a low floor so a reviewer can lower the threshold later without rerunning.
+    sample_id = _add(picture, outputs.to_detections(min(0.05, float(threshold))), detector)
+    return load_sample(sample_id, threshold)
+
+
+def _add(picture, detections: sv.Detections, detector, ground_truth=None) -> str:
+    try:
+        return store().add_image(picture, detections, model_version=detector.name, labels=detector.labels,
+                                 ground_truth=ground_truth)
+    except ReviewError as error:
+        raise gr.Error(str(error)) from None
+
+
+def save_review(sample_id: str, revision, value: dict, reviewer: str, threshold: float = 0.5):
+    """Save the editor's boxes as the truth of ``sample_id`` if ``revision`` is still current.
+
+    Returns the sample as stored, read back: ``(editor value, sample id, revision, status)``.
+    A stale revision or a bad box raises `gr.Error`; the stored sample is untouched.
+    """
+    if not sample_id:
+        raise gr.Error("Load a sample into the editor first (Next to review, or Send to review).")
+    boxes = editor_detections(value)
+    try:
+        store().save_review(sample_id, boxes, int(revision), reviewer)
+    except ReviewError as error:
+        raise gr.Error(str(error)) from None
+    value, sample_id, revision, status = load_sample(sample_id, threshold)
+    return value, sample_id, revision, f"Saved. {status}"
+
+
+def undo_review(sample_id: str, revision, reviewer: str, threshold: float = 0.5):
+    """Restore the sample's previous revision (a new revision itself)."""
+    if not sample_id:
+        raise gr.Error("Load a sample into the editor first.")
+    try:
+        store().undo(sample_id, int(revision), reviewer)
+    except ReviewError as error:
+        raise gr.Error(str(error)) from None
+    value, sample_id, revision, status = load_sample(sample_id, threshold)
+    return value, sample_id, revision, f"Undone. {status}"
+
+
+def next_to_review(current: str | None = None, threshold: float = 0.5):
+    """The most uncertain unreviewed sample (skipping the one on screen)."""
+    sample_id = store().next_to_review(skip=[current] if current else [])
+    if sample_id is None:
+        if current:
+            return load_sample(current, threshold)
+        raise gr.Error("Nothing left to review: send images from the Detect tab or import a folder.")
+    return load_sample(sample_id, threshold)
+
+
+def promote_query(key: str, query, sample_id: str | None, value: dict | None, threshold: float = 0.5):
+    """Add one query's box and top class to the review of its image (opening it in the editor)."""
+    item = inspected(key)
+    outputs = item.outputs
+    try:
+        query = int(query)
+    except (TypeError, ValueError):
+        raise gr.Error("Select a query first (click the grid or a table row).") from None
+    if not 0 <= query < outputs.num_queries:
+        raise gr.Error(f"Query {query} does not exist; this model has queries 0 to {outputs.num_queries - 1}.")
+    image_id = store().find(item.image)
+    if image_id is None:
+        detector = get_detector(item.model_name)
+        image_id = _add(item.image, outputs.to_detections(min(0.05, float(threshold))), detector)
+    if image_id == sample_id and value and value.get("image") is not None:
+        current = value
+        revision = store().get(image_id).revision
+        status = _status(store().get(image_id))
+    else:
+        current, image_id, revision, status = load_sample(image_id, threshold)
+    label = outputs.labels[int(outputs.label_ids[query])]
+    box = sv.Detections(xyxy=outputs.boxes[query].reshape(1, 4).astype(np.float32),
+                        data={"class_name": np.array([label], dtype=object)})
+    current = {**current, "boxes": list(current.get("boxes") or []) + _editor_boxes(box, store().labels)}
+    note = f"Added query {query} ({html.escape(label)}) to the editor; press Save to keep it."
+    return current, image_id, revision, f"{note}\n\n{status}"
+
+
+def review_counts() -> str:
+    counts = store().counts()
+    return (f"Dataset `{store().dataset.name}`: {counts['reviewed']} reviewed, {counts['to_review']} to review, "
+            f"{counts['total']} in all.")
+
+
+# ---- import / export ----------------------------------------------------------------------------
+
+def import_folder(folder: str, model_name: str, threshold: float, size: int | None = None) -> str:
+    """Add every image under ``folder``, pre-annotated by the model; unreadable files are listed."""
+    try:
+        paths = list_images(folder)
+        detector = get_detector(model_name)
+    except (CocoError, ModelLoadError) as error:
+        raise gr.Error(str(error)) from None
+    added, problems = 0, []
+    for path in paths:
+        try:
+            picture = load_image(path)
+        except ImageError as error:
+            problems.append(f"{path.name}: {error}")
+            continue
+        outputs = predict(detector, [picture], shortest_edge=int(size) if size else None)[0]
+        _add(picture, outputs.to_detections(min(0.05, float(threshold))), detector)
+        added += 1
+    report = f"Imported {added} of {len(paths)} images from {html.escape(str(folder))}."
+    if problems:
+        report += "\n\nSkipped:\n" + "\n".join(f"- {html.escape(p)}" for p in problems)
+    return f"{report}\n\n{review_counts()}"
+
+
+def import_coco(annotations: str, images_dir: str | None, model_name: str, threshold: float,
+                size: int | None = None) -> str:
+    """Import a COCO dataset: its boxes become ``ground_truth`` (status ``imported``), the model's
+    output ``predictions``. The whole file is checked before anything is written."""
+    try:
+        labels, images = read_coco(annotations, images_dir or None)
+        detector = get_detector(model_name)
+        pictures = [load_image(image.path) for image in images]
+    except (CocoError, ModelLoadError, ImageError) as error:
+        raise gr.Error(str(error)) from None
+    for image, picture in zip(images, pictures):
+        width, height = picture.size
+        if len(image.ground_truth) and (image.ground_truth.xyxy[:, 2:] > np.array([width, height]) + 1).any():
+            raise gr.Error(f"{image.path.name} has a box outside its {width}x{height} pixels; fix the COCO file.")
+    store().add_labels(labels)
+    for image, picture in zip(images, pictures):
+        outputs = predict(detector, [picture], shortest_edge=int(size) if size else None)[0]
+        _add(picture, outputs.to_detections(min(0.05, float(threshold))), detector, ground_truth=image.ground_truth)
+    return f"Imported {len(images)} images with {len(labels)} categories.\n\n{review_counts()}"
+
+
+def export_coco(out_dir: str) -> str:
+    """Write the reviewed samples' truth as COCO (category ids from 1) into an empty folder."""
+    if not out_dir or not out_dir.strip():
+        raise gr.Error("Give a folder to export to.")
+    view = store().reviewed_view()
+    try:
+        path = export_reviewed(view, Path(out_dir).expanduser(), store().labels)
+    except CocoError as error:
+        raise gr.Error(str(error)) from None
+    return f"Exported {len(view)} reviewed samples to {html.escape(str(path))}."
+
+
+# ---- evaluation and the FiftyOne App -----------------------------------------------------------
+
+def evaluate_reviewed():
+    """FiftyOne's COCO evaluation of ``predictions`` against ``ground_truth`` on reviewed samples.
+
+    Returns ``(summary, per-class rows, PR-curve figure)``. The per-object ``eval`` fields (TP/FP/FN)
+    stay in the dataset for filtering in the FiftyOne App.
+    """
+    view = store().reviewed_view()
+    if len(view) == 0:
+        raise gr.Error("No reviewed samples yet; save a review first.")
+    results = view.evaluate_detections("predictions", gt_field="ground_truth", eval_key="eval", method="coco",
+                                       compute_mAP=True)
+    rows, curves = [], {}
+    for index, name in enumerate(results.classes):
+        ap = float(results.mAP([name]))
+        rows.append([str(name), round(ap, 4) if ap >= 0 else "no data"])
+        if ap >= 0:
+            curves[str(name)] = results.precision[:, index, :].mean(0)
+    mean_ap = float(results.mAP())
+    summary = (f"mAP (COCO, IoU 0.50:0.95) over {len(view)} reviewed samples: **{mean_ap:.3f}**. "
+               "Per-object results are in the fields `eval`, `eval_tp`, `eval_fp`, `eval_fn` (open in FiftyOne).")
+    return summary, rows, pr_curves(np.asarray(results.recall), curves)
+
+
+def open_fiftyone(port: int = 5151, address: str = "127.0.0.1") -> str:
+    """Launch the FiftyOne App on the review dataset (once) and return where it is served."""
+    import fiftyone as fo
+
+    global _fiftyone_session
+    with _lock:
+        if _fiftyone_session is None:
+            _fiftyone_session = fo.launch_app(store().dataset, remote=True, address=address, port=int(port),
+                                              auto=False)
+        else:
+            _fiftyone_session.dataset = store().dataset
+    url = f"http://{address}:{int(port)}/"
+    return f"The FiftyOne App serves dataset `{store().dataset.name}` at [{url}]({url})."
+
+
+def close_fiftyone() -> None:
+    global _fiftyone_session
+    with _lock:
+        if _fiftyone_session is not None:
+            _fiftyone_session.close()
+            _fiftyone_session = None

@@ -1,0 +1,471 @@
+"""The review store: a persistent FiftyOne dataset of images, model predictions and reviewed truth.
+
+This module owns the schema (see README, "Where data is stored"). One sample per distinct image:
+
+| field | type | meaning |
+| --- | --- | --- |
+| ``filepath`` | str | ``<media_dir>/<hash[:2]>/<hash>.png``: a lossless copy named by the SHA-256 of its pixels, never the user's path |
+| ``content_hash`` | str | that SHA-256; sending the same image twice updates one sample |
+| ``predictions`` | ``fo.Detections`` | model output; each detection has ``confidence``, ``query_index``, ``model_version`` |
+| ``top_confidence`` | float | highest prediction confidence (0 when none): the queue's uncertainty order |
+| ``ground_truth`` | ``fo.Detections`` | the reviewed truth (or labels imported from COCO, status ``imported``) |
+| tag ``reviewed`` | | set by every save, removed when undo returns to an unreviewed state |
+| ``review`` | embedded document | ``status`` (``to_review``, ``imported``, ``reviewed``), ``reviewer``, ``time`` (UTC), ``revision`` (int, +1 per save or undo) |
+| ``review_history`` | list of embedded documents | earlier ``review`` records with their ``ground_truth``, for undo |
+
+The dataset's ``default_classes`` is its ordered label space: the model's labels plus any class
+name a reviewer typed. ``info["schema"]`` names this schema's version.
+
+Saves are compare-and-set on ``review.revision``: a save names the revision it was made against,
+and a save against an older revision than the stored one is refused (`StaleRevisionError`).
+The claim is one atomic MongoDB update, so it holds across processes and reviewers sharing a
+database through ``FIFTYONE_DATABASE_URI``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+import threading
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import supervision as sv
+from PIL import Image
+
+from core.boxes import box_xywhn_to_xyxy, box_xyxy_to_xywhn
+
+SCHEMA_VERSION = 1
+REVIEWED_TAG = "reviewed"
+STATUS_TO_REVIEW, STATUS_IMPORTED, STATUS_REVIEWED = "to_review", "imported", "reviewed"
+MAX_LABEL_LENGTH = 64
+DEFAULT_DATASET = "detr-studio-review"
+
+
+class ReviewError(ValueError):
+    """Input the store refuses (bad box, bad label, unknown sample); nothing was written."""
+
+
+class StaleRevisionError(ReviewError):
+    """A save made against an older revision than the stored one; nothing was overwritten."""
+
+
+def default_data_dir() -> Path:
+    """``DETR_STUDIO_DATA`` if set, else ``/data/detr-studio`` when ``/data`` exists (Spaces), else ``~/.detr-studio``."""
+    if os.environ.get("DETR_STUDIO_DATA"):
+        return Path(os.environ["DETR_STUDIO_DATA"]).expanduser()
+    if Path("/data").is_dir() and os.access("/data", os.W_OK):
+        return Path("/data/detr-studio")
+    return Path.home() / ".detr-studio"
+
+
+def configure_fiftyone(data_dir: Path) -> str:
+    """Point FiftyOne at its database before first use; returns where it is.
+
+    ``FIFTYONE_DATABASE_URI`` (an external MongoDB, for several reviewers) wins; otherwise FiftyOne
+    runs its own MongoDB with files under ``data_dir/fiftyone-db``.
+    """
+    import fiftyone as fo
+
+    fo.config.database_validation = False  # the bundled MongoDB 6.0 triggers a version nag, nothing more
+    if os.environ.get("FIFTYONE_DATABASE_URI"):
+        fo.config.database_uri = os.environ["FIFTYONE_DATABASE_URI"]
+        return f"MongoDB at {fo.config.database_uri.split('@')[-1]}"
+    database_dir = Path(data_dir) / "fiftyone-db"
+    database_dir.mkdir(parents=True, exist_ok=True)
+    fo.config.database_dir = str(database_dir)
+    return f"FiftyOne's MongoDB in {database_dir}"
+
+
+def clean_label(name: object) -> str:
+    """A class name as stored: trimmed text, 1-64 characters, no control characters.
+
+    HTML is allowed as text (the app shows labels as text, never as markup).
+    """
+    if not isinstance(name, str):
+        raise ReviewError(f"a label must be text, got {type(name).__name__}.")
+    text = " ".join(name.split())
+    if not text:
+        raise ReviewError("a box has an empty label; choose or type a class name.")
+    if len(text) > MAX_LABEL_LENGTH:
+        raise ReviewError(f"label {text[:20]!r}... is longer than {MAX_LABEL_LENGTH} characters.")
+    if any(unicodedata.category(ch).startswith("C") for ch in text):
+        raise ReviewError(f"label {text!r} contains control characters.")
+    return text
+
+
+def pixel_hash(image: np.ndarray) -> str:
+    """SHA-256 of an RGB image's shape and pixels: the same picture always gets the same name."""
+    digest = hashlib.sha256(f"{image.shape}".encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()
+
+
+def _rgb(image: Image.Image | np.ndarray) -> np.ndarray:
+    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ReviewError(f"expected an RGB uint8 image, got an array of shape {array.shape} and type {array.dtype}.")
+    return array
+
+
+def check_boxes(detections: sv.Detections, width: int, height: int) -> sv.Detections:
+    """Validated pixel boxes: finite, positive size, inside the image (clipped by at most 1 px)."""
+    xyxy = np.asarray(detections.xyxy, dtype=np.float64).reshape(-1, 4)
+    names = detections.data.get("class_name", np.array([], dtype=str))
+    if len(names) != len(xyxy):
+        raise ReviewError("every box needs a label (data['class_name']).")
+    for i, (box, name) in enumerate(zip(xyxy, names)):
+        where = f"box {i + 1} ({name!s:.20})"
+        if not np.all(np.isfinite(box)):
+            raise ReviewError(f"{where} has a non-numeric coordinate.")
+        x0, y0, x1, y1 = box
+        if x1 - x0 <= 0 or y1 - y0 <= 0:
+            raise ReviewError(f"{where} has zero or negative size ({x0:.0f},{y0:.0f})-({x1:.0f},{y1:.0f}); "
+                              "drag it out to a real box or delete it.")
+        if x0 < -1 or y0 < -1 or x1 > width + 1 or y1 > height + 1:
+            raise ReviewError(f"{where} lies outside the {width}x{height} image; move it inside.")
+    labels = [clean_label(name) for name in names]
+    clipped = np.clip(xyxy, 0, [width, height, width, height])
+    data = {**detections.data, "class_name": np.array(labels, dtype=object)}
+    return sv.Detections(xyxy=clipped.astype(np.float32), confidence=detections.confidence,
+                         class_id=detections.class_id, data=data)
+
+
+def to_fiftyone(detections: sv.Detections, width: int, height: int, model_version: str | None = None):
+    """`sv.Detections` in pixels -> ``fo.Detections`` (normalized top-left boxes)."""
+    import fiftyone as fo
+
+    boxes = box_xyxy_to_xywhn(np.asarray(detections.xyxy, dtype=np.float64).reshape(-1, 4), width, height)
+    names = detections.data.get("class_name", [])
+    queries = detections.data.get("query_index")
+    items = []
+    for i, (box, name) in enumerate(zip(boxes, names)):
+        attributes = {}
+        if detections.confidence is not None:
+            attributes["confidence"] = float(detections.confidence[i])
+        if queries is not None and int(queries[i]) >= 0:
+            attributes["query_index"] = int(queries[i])
+        if model_version is not None:
+            attributes["model_version"] = model_version
+        items.append(fo.Detection(label=str(name), bounding_box=[float(v) for v in box], **attributes))
+    return fo.Detections(detections=items)
+
+
+def from_fiftyone(labels, width: int, height: int, classes: list[str]) -> sv.Detections:
+    """``fo.Detections`` (or None) -> `sv.Detections` in pixels, ``class_id`` indexing ``classes``."""
+    items = labels.detections if labels is not None else []
+    if not items:
+        return sv.Detections.empty()
+    boxes = box_xywhn_to_xyxy(np.array([d.bounding_box for d in items], dtype=np.float64), width, height)
+    confidence = [d.confidence if d.confidence is not None else 1.0 for d in items]
+    return sv.Detections(
+        xyxy=boxes.astype(np.float32),
+        confidence=np.array(confidence, dtype=np.float32),
+        class_id=np.array([classes.index(d.label) if d.label in classes else -1 for d in items], dtype=int),
+        data={"class_name": np.array([d.label for d in items], dtype=object),
+              "query_index": np.array([d["query_index"] if d.has_field("query_index") and d["query_index"] is not None
+                                       else -1 for d in items], dtype=int)},
+    )
+
+
+def _serialized(method):
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+@dataclass
+class Reviewable:
+    """One sample as the review editor needs it."""
+
+    sample_id: str
+    filepath: str
+    width: int
+    height: int
+    predictions: sv.Detections
+    ground_truth: sv.Detections | None
+    status: str
+    revision: int
+    reviewer: str | None
+    time: datetime | None
+
+
+class ReviewStore:
+    """A FiftyOne dataset in the schema above, and the media directory its images live in.
+
+    Example::
+
+        store = ReviewStore.open("detr-studio-review", data_dir=Path("~/.detr-studio").expanduser())
+        sample_id = store.add_image(image, detections, model_version="bundled", labels=detector.labels)
+        item = store.get(sample_id)
+        store.save_review(sample_id, corrected, revision=item.revision, reviewer="ana")
+    """
+
+    def __init__(self, dataset, media_dir: Path):
+        self.dataset = dataset
+        self.media_dir = Path(media_dir)
+        # FiftyOne hands every thread the same in-memory Sample object, and reading a sample can
+        # reload it; so one thread's edit could be wiped by another's read before it is saved.
+        # Sample access is serialized within a process; across processes the revision claim holds.
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, name: str = DEFAULT_DATASET, data_dir: Path | None = None) -> ReviewStore:
+        """Open (or create) the persistent dataset ``name``; media go to ``data_dir/media``."""
+        import fiftyone as fo
+
+        if not name or not name.strip():
+            raise ReviewError("the review dataset needs a name.")
+        data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        if fo.dataset_exists(name):
+            dataset = fo.load_dataset(name)
+            schema = dataset.info.get("schema")
+            if schema is not None and schema != f"detr-studio/{SCHEMA_VERSION}":
+                raise ReviewError(f"dataset {name!r} has schema {schema!r}; this version reads "
+                                  f"detr-studio/{SCHEMA_VERSION}. Choose another dataset name.")
+        else:
+            dataset = fo.Dataset(name, persistent=True)
+        if "schema" not in dataset.info:
+            dataset.info["schema"] = f"detr-studio/{SCHEMA_VERSION}"
+            dataset.save()
+        for field, kind in [("content_hash", fo.StringField), ("top_confidence", fo.FloatField)]:
+            if field not in dataset.get_field_schema():
+                dataset.add_sample_field(field, kind)
+        for field in ("predictions", "ground_truth"):
+            if field not in dataset.get_field_schema():
+                dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+        return cls(dataset, Path(data_dir) / "media")
+
+    # ---- label space -------------------------------------------------------------------------
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.dataset.default_classes)
+
+    @_serialized
+    def add_labels(self, names) -> None:
+        """Append class names the label space lacks, keeping its order (ids never move)."""
+        names = [clean_label(name) for name in names]
+        known = self.labels
+        new = [name for name in dict.fromkeys(str(n) for n in names) if name not in known]
+        if new:
+            self.dataset.default_classes = known + new
+            self.dataset.save()
+
+    # ---- writing -----------------------------------------------------------------------------
+
+    def _write_media(self, image: np.ndarray, digest: str) -> Path:
+        path = self.media_dir / digest[:2] / f"{digest}.png"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="PNG")
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(buffer.getvalue())
+            os.replace(tmp, path)  # never a half-written image under the final name
+        return path
+
+    @_serialized
+    def find(self, image: Image.Image | np.ndarray) -> str | None:
+        """The sample id of this exact image, if it was added before."""
+        from fiftyone import ViewField
+
+        match = self.dataset.match(ViewField("content_hash") == pixel_hash(_rgb(image)))
+        return str(match.first().id) if len(match) else None
+
+    @_serialized
+    def add_image(
+        self,
+        image: Image.Image | np.ndarray,
+        predictions: sv.Detections,
+        model_version: str,
+        labels: list[str],
+        ground_truth: sv.Detections | None = None,
+    ) -> str:
+        """Add an image with its predictions (and, from an import, its truth); returns the sample id.
+
+        The same image added again keeps its sample and review; its predictions are replaced by
+        these (the model version travels with each detection).
+        """
+        import fiftyone as fo
+
+        array = _rgb(image)
+        height, width = array.shape[:2]
+        predictions = check_boxes(predictions, width, height)
+        ground_truth = check_boxes(ground_truth, width, height) if ground_truth is not None else None
+        digest = pixel_hash(array)
+        path = self._write_media(array, digest)
+        self.add_labels(list(labels) + list(predictions.data["class_name"])
+                            + (list(ground_truth.data["class_name"]) if ground_truth is not None else []))
+        fo_predictions = to_fiftyone(predictions, width, height, model_version)
+        top = float(np.max(predictions.confidence)) if len(predictions) and predictions.confidence is not None else 0.0
+        existing = self.find(array)
+        if existing is not None:
+            sample = self.dataset[existing]
+            sample["predictions"] = fo_predictions
+            sample["top_confidence"] = top
+            sample.save()
+            return existing
+        sample = fo.Sample(
+            filepath=str(path), content_hash=digest, predictions=fo_predictions, top_confidence=top,
+            review=fo.DynamicEmbeddedDocument(status=STATUS_TO_REVIEW, reviewer=None, time=None, revision=0),
+            review_history=[],
+        )
+        if ground_truth is not None:
+            sample["ground_truth"] = to_fiftyone(ground_truth, width, height)
+            sample["review"]["status"] = STATUS_IMPORTED
+        sample.metadata = fo.ImageMetadata(width=width, height=height, num_channels=3)
+        self.dataset.add_sample(sample)
+        return str(sample.id)
+
+    def _sample(self, sample_id: str):
+        from bson import ObjectId
+
+        missing = ReviewError(f"no sample {sample_id!r} in dataset {self.dataset.name!r}; it may have been "
+                              "deleted. Pick another sample from the queue.")
+        if not ObjectId.is_valid(str(sample_id)):
+            raise missing
+        try:
+            return self.dataset[str(sample_id)]
+        except KeyError:
+            raise missing from None
+
+    @_serialized
+    def get(self, sample_id: str) -> Reviewable:
+        sample = self._sample(sample_id)
+        width, height = sample.metadata.width, sample.metadata.height
+        review = sample["review"]
+        truth = sample["ground_truth"] if sample.has_field("ground_truth") else None
+        return Reviewable(
+            sample_id=str(sample.id), filepath=sample.filepath, width=width, height=height,
+            predictions=from_fiftyone(sample["predictions"], width, height, self.labels),
+            ground_truth=from_fiftyone(truth, width, height, self.labels) if truth is not None else None,
+            status=review["status"], revision=int(review["revision"]), reviewer=review["reviewer"],
+            time=review["time"],
+        )
+
+    def _claim(self, sample_id: str, revision: int) -> None:
+        """Atomically move ``review.revision`` from ``revision`` to ``revision + 1``, or refuse."""
+        from bson import ObjectId
+
+        # FiftyOne has no conditional save; its sample collection is a pymongo Collection, and a
+        # filtered update_one is MongoDB's compare-and-set.
+        result = self.dataset._sample_collection.update_one(
+            {"_id": ObjectId(sample_id), "review.revision": int(revision)},
+            {"$set": {"review.revision": int(revision) + 1}},
+        )
+        if result.matched_count == 1:
+            return
+        current = self._sample(sample_id)["review"]
+        raise StaleRevisionError(
+            f"this image was saved by {current['reviewer'] or 'someone'} at "
+            f"{current['time']:%Y-%m-%d %H:%M:%S} UTC (revision {current['revision']}) after you opened it "
+            f"(revision {revision}). Nothing was overwritten: reload the sample to see their edit, then redo yours."
+            if current["time"] is not None else
+            f"this image is at revision {current['revision']}, not {revision}. Reload it and try again."
+        )
+
+    def _release(self, sample_id: str, revision: int) -> None:
+        from bson import ObjectId
+
+        self.dataset._sample_collection.update_one(
+            {"_id": ObjectId(sample_id), "review.revision": int(revision) + 1},
+            {"$set": {"review.revision": int(revision)}},
+        )
+
+    @_serialized
+    def save_review(self, sample_id: str, boxes: sv.Detections, revision: int, reviewer: str) -> int:
+        """Store ``boxes`` as the reviewed truth if ``revision`` is still current; returns the new revision.
+
+        Raises `ReviewError` for invalid boxes or labels and `StaleRevisionError` when someone
+        saved in between; in both cases the stored sample is unchanged.
+        """
+        import fiftyone as fo
+
+        reviewer = " ".join(str(reviewer or "").split())[:64] or "anonymous"
+        sample = self._sample(sample_id)
+        width, height = sample.metadata.width, sample.metadata.height
+        boxes = check_boxes(boxes, width, height)
+        self._claim(sample_id, revision)
+        try:
+            sample.reload()
+            previous = sample["review"]
+            history = list(sample["review_history"] or [])
+            history.append(fo.DynamicEmbeddedDocument(
+                status=previous["status"], reviewer=previous["reviewer"], time=previous["time"], revision=revision,
+                ground_truth=sample["ground_truth"] if sample.has_field("ground_truth") else None,
+            ))
+            self.add_labels(boxes.data["class_name"])
+            sample["ground_truth"] = to_fiftyone(boxes, width, height)
+            sample["review"] = fo.DynamicEmbeddedDocument(
+                status=STATUS_REVIEWED, reviewer=reviewer, time=datetime.now(timezone.utc).replace(tzinfo=None),
+                revision=revision + 1,
+            )
+            sample["review_history"] = history
+            if REVIEWED_TAG not in sample.tags:
+                sample.tags.append(REVIEWED_TAG)
+            sample.save()  # one update of the whole sample
+        except Exception:
+            self._release(sample_id, revision)
+            raise
+        return revision + 1
+
+    @_serialized
+    def undo(self, sample_id: str, revision: int, reviewer: str) -> int:
+        """Restore the previous revision's truth and status (itself a new revision); returns it."""
+        import fiftyone as fo
+
+        sample = self._sample(sample_id)
+        if not sample["review_history"]:
+            raise ReviewError("there is nothing to undo: this sample was never saved.")
+        self._claim(sample_id, revision)
+        try:
+            sample.reload()
+            history = list(sample["review_history"])
+            previous = history.pop()
+            sample["ground_truth"] = previous["ground_truth"]
+            sample["review"] = fo.DynamicEmbeddedDocument(
+                status=previous["status"], reviewer=" ".join(str(reviewer or "").split())[:64] or "anonymous",
+                time=datetime.now(timezone.utc).replace(tzinfo=None), revision=revision + 1,
+            )
+            sample["review_history"] = history
+            if previous["status"] != STATUS_REVIEWED and REVIEWED_TAG in sample.tags:
+                sample.tags.remove(REVIEWED_TAG)
+            sample.save()
+        except Exception:
+            self._release(sample_id, revision)
+            raise
+        return revision + 1
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def queue(self, skip: list[str] | tuple = ()):
+        """Unreviewed samples, most uncertain first: highest FiftyOne Brain ``mistakenness`` when
+        computed, else lowest top confidence."""
+        from fiftyone import ViewField
+
+        view = self.dataset.match_tags(REVIEWED_TAG, bool=False)
+        if skip:
+            view = view.exclude(list(skip))
+        if "mistakenness" in self.dataset.get_field_schema():
+            return view.sort_by("mistakenness", reverse=True)
+        return view.sort_by(ViewField("top_confidence"))
+
+    def next_to_review(self, skip: list[str] | tuple = ()) -> str | None:
+        view = self.queue(skip)
+        return str(view.first().id) if len(view) else None
+
+    def counts(self) -> dict[str, int]:
+        reviewed = len(self.dataset.match_tags(REVIEWED_TAG))
+        return {"reviewed": reviewed, "to_review": len(self.dataset) - reviewed, "total": len(self.dataset)}
+
+    def reviewed_view(self):
+        return self.dataset.match_tags(REVIEWED_TAG)
