@@ -22,7 +22,9 @@ MAX_UPLOAD = "50mb"
 
 
 def _examples() -> list[str]:
-    return sorted(str(path) for path in Path(EXAMPLES_DIR).glob("*.jpg"))
+    """Shapes first (what the bundled model knows), then the photos."""
+    paths = sorted(Path(EXAMPLES_DIR).glob("*.*"), key=lambda p: (not p.name.startswith("shapes"), p.name))
+    return [str(path) for path in paths if path.suffix.lower() in (".jpg", ".png")]
 
 
 def _detect_tab(model, threshold, size):

@@ -183,14 +183,18 @@ def _run_batch(
 
 
 def _feature_size(padded_hw: torch.Size, flat: int) -> tuple[int, int]:
-    """The backbone's output ``(h, w)`` for a padded input, checked against the attention length."""
+    """The backbone's output ``(h, w)`` for a padded input, found from the attention length.
+
+    A ResNet halves (rounding up) once in its stem conv, once in its max-pool and once per stage
+    after the first: five times for the usual 4-stage backbone (stride 32), four for the bundled
+    model's 3 stages (stride 16). The stride is the one whose map has ``flat`` positions.
+    """
     height, width = int(padded_hw[0]), int(padded_hw[1])
-    # ResNet: stride-2 conv, stride-2 max-pool, three stride-2 stages -> ceil-halving five times.
-    for _ in range(5):
+    for _ in range(7):
         height, width = (height + 1) // 2, (width + 1) // 2
-    if height * width != flat:
-        raise ValueError(f"cross-attention length {flat} does not match a {height}x{width} feature map.")
-    return height, width
+        if height * width == flat:
+            return height, width
+    raise ValueError(f"cross-attention length {flat} matches no backbone stride for a {tuple(padded_hw)} input.")
 
 
 def predict(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -16,7 +17,8 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 # A throwaway FiftyOne database (its own MongoDB, started on first use) for the whole run.
-os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="detr-studio-fiftyone-"))
+_THROWAWAY_DB = tempfile.mkdtemp(prefix="detr-studio-fiftyone-")
+os.environ["FIFTYONE_DATABASE_DIR"] = _THROWAWAY_DB
 os.environ.pop("FIFTYONE_DATABASE_URI", None)
 
 import torch  # noqa: E402
@@ -25,6 +27,11 @@ from transformers import ConditionalDetrConfig, DetrConfig, ResNetConfig  # noqa
 from core.loading import ARCHITECTURES  # noqa: E402
 
 LABELS = ["circle", "square", "triangle"]
+
+
+def pytest_unconfigure(config):
+    # ~300 MB of MongoDB files; FiftyOne's database stops by itself once this process has ended.
+    shutil.rmtree(_THROWAWAY_DB, ignore_errors=True)
 
 
 def tiny_config(kind: str = "detr", num_queries: int = 12, labels: list[str] = LABELS):

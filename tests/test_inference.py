@@ -117,6 +117,26 @@ def test_cross_attention_maps(tiny_model_dir, images):
         predict(detector, images[:1], attention_layers=[7])
 
 
+def test_cross_attention_of_a_stride_16_backbone(tmp_path, images):
+    """The bundled model's 3-stage ResNet has stride 16, not DETR-R50's 32."""
+    from transformers import ConditionalDetrForObjectDetection
+
+    from conftest import tiny_config
+
+    config = tiny_config("conditional_detr")
+    config.backbone_config.out_features = ["stage3"]
+    ConditionalDetrForObjectDetection(config).save_pretrained(tmp_path)
+    detector = load_detector(tmp_path, device="cpu")
+    out = predict(detector, images[:1], shortest_edge=224, attention_layers=[-1])[0]
+    from core.preprocess import resized_size
+
+    maps = out.attention[1]
+    width, height = out.image_size
+    resized = resized_size(height, width, 224, detector.preprocess.longest_edge)
+    assert maps.shape[-2:] == tuple(-(-side // 16) for side in resized)
+    assert np.allclose(maps.sum(axis=(2, 3)), 1.0, atol=1e-4)
+
+
 def test_no_attention_unless_asked(tiny_detr_dir, images):
     out = predict(load_detector(tiny_detr_dir, device="cpu"), images[:1], shortest_edge=256)[0]
     assert out.attention == {}
