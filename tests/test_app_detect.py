@@ -100,3 +100,31 @@ def test_size_zero_means_the_models_own(tiny_detr_dir):
     assert "shortest edge 800 px" in status  # the tiny model keeps DETR's default
     _, _, status = detect(data.camera(), str(tiny_detr_dir), 0.5, 256)
     assert "shortest edge 256 px" in status
+
+
+def test_class_filter_keeps_only_the_chosen_classes(tiny_detr_dir):
+    _, everything, _ = detect(data.astronaut(), str(tiny_detr_dir), 0.3, 256)
+    present = sorted({row[1] for row in everything})
+    _, only, _ = detect(data.astronaut(), str(tiny_detr_dir), 0.3, 256, [present[0]])
+    assert only and {row[1] for row in only} == {present[0]}
+    assert [row for row in everything if row[1] == present[0]] == only
+
+
+def test_several_images_at_once(tiny_detr_dir, tmp_path):
+    from PIL import Image
+
+    from app.detect import detect_batch
+
+    paths = []
+    for name, image in [("a.png", data.astronaut()), ("b.png", data.coffee())]:
+        paths.append(str(tmp_path / name))
+        Image.fromarray(image).save(paths[-1])
+    (tmp_path / "bad.png").write_bytes(b"no image here")
+    gallery, rows, status = detect_batch(paths + [str(tmp_path / "bad.png")], str(tiny_detr_dir), 0.5, 256)
+    assert [caption.split(":")[0] for _, caption in gallery] == ["a.png", "b.png"]
+    assert gallery[0][0].shape == data.astronaut().shape
+    assert {row[0] for row in rows} <= {"a.png", "b.png"} and rows
+    # each image's rows equal what the single-image handler gives
+    _, single, _ = detect(data.coffee(), str(tiny_detr_dir), 0.5, 256)
+    assert [row[1:] for row in rows if row[0] == "b.png"] == single
+    assert "2 images" in status and "bad.png" in status

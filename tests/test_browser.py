@@ -71,3 +71,83 @@ def test_error_is_shown_in_the_page(running_app, page):
     page.goto(running_app)
     page.locator("#detect-button").click()
     page.get_by_text("Upload an image or pick an example first.").first.wait_for(timeout=30_000)
+
+
+@pytest.fixture
+def review_app(review_store, monkeypatch):
+    """The app on the bundled model (it sees the shapes), its review store a throwaway dataset."""
+    from app.ui import build_app, launch_options
+
+    monkeypatch.setenv("DETR_STUDIO_MODEL", "bundled")
+    demo = build_app()
+    demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                        **launch_options(review_store.media_dir.parent))
+    yield demo.local_url, review_store
+    demo.close()
+
+
+def test_detect_inspect_review_and_find_the_edit_in_fiftyone(review_app, page, tmp_path):
+    """Upload, detect, open a query's attention, send to review, relabel a box, save, read it from FiftyOne."""
+    from playwright.sync_api import expect
+
+    from core.loading import ASSETS_DIR
+
+    url, store = review_app
+    page.goto(url)
+    page.locator("#detect-input input[type=file]").set_input_files(str(ASSETS_DIR / "examples" / "shapes-700.png"))
+    page.locator("#detect-input img").wait_for(timeout=30_000)
+    page.locator("#detect-button").click()
+    page.locator("#detect-status").get_by_text("queries in").wait_for(timeout=60_000)
+    page.screenshot(path=str(tmp_path / "detect.png"), full_page=True)
+
+    # Queries: inspect, then click the cell of query 11 (row 1, col 1 of the 10x10 grid).
+    page.get_by_role("tab", name="Queries").click()
+    page.locator("#queries-button").click()
+    expect(page.locator("#query-details")).to_contain_text("Query 0", timeout=60_000)
+    grid = page.locator("#query-grid img")
+    box = grid.bounding_box()
+    natural = grid.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    scale = box["width"] / natural[0]
+    grid.click(position={"x": 1.5 * 44 * scale, "y": 1.5 * 44 * scale})
+    expect(page.locator("#query-details")).to_contain_text("Query 11", timeout=30_000)
+    expect(page.locator("#queries-table")).to_contain_text("no-object")
+    page.locator("#query-overlay img").wait_for(timeout=30_000)
+    page.screenshot(path=str(tmp_path / "queries.png"), full_page=True)
+
+    # Send the image to review; the editor opens with the predictions above the threshold.
+    page.get_by_role("tab", name="Detect").click()
+    page.locator("#send-to-review").click()
+    page.get_by_role("tab", name="Review").click()
+    expect(page.locator("#review-status")).to_contain_text("to_review", timeout=60_000)
+    sample_id = page.locator("#review-sample textarea, #review-sample input").first.input_value()
+    item = store.get(sample_id)
+    shown = item.predictions[item.predictions.confidence >= 0.5]
+    assert len(shown) >= 1, "the bundled model finds at least one shape in shapes-700.png"
+    target = int(((shown.xyxy[:, 2] - shown.xyxy[:, 0]) * (shown.xyxy[:, 3] - shown.xyxy[:, 1])).argmax())
+    x0, y0, x1, y1 = shown.xyxy[target]
+    new_label = next(name for name in ["triangle", "circle", "square"] if name != shown.data["class_name"][target])
+
+    # Relabel the largest box: double-click it, type the new class, OK, Save.
+    canvas = page.locator("#review-editor canvas").first
+    frame = canvas.bounding_box()
+    scale = min(frame["width"] / item.width, frame["height"] / item.height)
+    left = (frame["width"] - item.width * scale) / 2
+    top = (frame["height"] - item.height * scale) / 2
+    canvas.dblclick(position={"x": float(left + (x0 + x1) / 2 * scale), "y": float(top + (y0 + y1) / 2 * scale)})
+    label_input = page.locator("#review-editor input[type=text], #review-editor input:not([type])").first
+    label_input.wait_for(timeout=10_000)
+    label_input.fill(new_label)
+    page.get_by_role("button", name="OK").click()
+    page.locator("#review-save").click()
+    expect(page.locator("#review-status")).to_contain_text("Saved.", timeout=60_000)
+    page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+
+    # The edit is in the FiftyOne dataset, read back from Python.
+    sample = store.dataset[sample_id]
+    sample.reload()
+    labels = [d.label for d in sample.ground_truth.detections]
+    assert "reviewed" in sample.tags and sample.review.revision == 1
+    assert len(labels) == len(shown) and labels.count(new_label) >= 1
+    relabelled = min(sample.ground_truth.detections,
+                     key=lambda d: abs(d.bounding_box[0] * item.width - x0) + abs(d.bounding_box[1] * item.height - y0))
+    assert relabelled.label == new_label

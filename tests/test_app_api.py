@@ -1,0 +1,60 @@
+"""The launched app driven by `gradio_client` through its stable API names, review store included."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.loading import ASSETS_DIR
+
+SHAPES = ASSETS_DIR / "examples" / "shapes-701.png"
+API_NAMES = ["/detect", "/detect_batch", "/queries", "/query_attention", "/slot_plot", "/send_to_review",
+             "/promote_query", "/save_review", "/undo_review", "/next_to_review", "/import_folder", "/import_coco",
+             "/export_coco", "/evaluate", "/open_fiftyone"]
+
+
+@pytest.fixture
+def client(review_store, tiny_detr_dir, monkeypatch):
+    from gradio_client import Client
+
+    from app.ui import build_app, launch_options
+
+    monkeypatch.setenv("DETR_STUDIO_MODEL", str(tiny_detr_dir))
+    demo = build_app()
+    demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                        **launch_options(review_store.media_dir.parent))
+    yield Client(demo.local_url, verbose=False)
+    demo.close()
+
+
+def test_every_feature_has_its_api_name(client):
+    named = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert set(API_NAMES) <= set(named)
+
+
+def test_a_script_can_inspect_queries_and_review(client, review_store, tiny_detr_dir):
+    from gradio_client import handle_file
+
+    model = str(tiny_detr_dir)
+    image = handle_file(str(SHAPES))
+    annotated, table, status = client.predict(image, model, 0.5, 256, ["circle"], api_name="/detect")
+    assert {row[1] for row in table["data"]} <= {"circle"}  # the class filter
+    key, queries, grid, layers, heads, status = client.predict(image, model, 256, 0.5, api_name="/queries")
+    assert [row[0] for row in queries["data"]] == list(range(12))
+    overlay, grid, details = client.predict(key, 3, "0", "1", 0.5, api_name="/query_attention")
+    assert "Query 3" in details and "layer 0" in details and "head 1" in details
+
+    editor, sample_id, revision, status = client.predict(image, model, 0.5, 256, api_name="/send_to_review")
+    assert revision == 0 and review_store.get(sample_id).status == "to_review"
+    boxes = [{"xmin": 10, "ymin": 12, "xmax": 60, "ymax": 70, "label": "star"}]
+    value = {"image": handle_file(str(SHAPES)), "boxes": boxes}
+    editor, sample_id, revision, status = client.predict(sample_id, 0, value, "script", 0.5, api_name="/save_review")
+    assert revision == 1 and status.startswith("Saved.")
+    truth = review_store.get(sample_id).ground_truth
+    assert truth.data["class_name"].tolist() == ["star"]
+    assert truth.xyxy.round().tolist() == [[10, 12, 60, 70]]
+    # A second save against revision 0 is refused; the first stays.
+    with pytest.raises(Exception, match="Nothing was overwritten"):
+        client.predict(sample_id, 0, {**value, "boxes": []}, "late", 0.5, api_name="/save_review")
+    assert review_store.get(sample_id).ground_truth.data["class_name"].tolist() == ["star"]
+    summary, per_class, plot = client.predict(api_name="/evaluate")
+    assert "mAP" in summary
