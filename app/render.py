@@ -73,16 +73,27 @@ def grid_query_at(num_queries: int, x: float, y: float) -> int | None:
 
 
 def attention_overlay(image: np.ndarray, heatmap: np.ndarray, box: np.ndarray, caption: str,
-                      class_id: int) -> np.ndarray:
-    """The image with ``heatmap`` (``[H, W]``, any scale) blended in and the query's box drawn."""
+                      class_id: int, min_side: int = 512) -> np.ndarray:
+    """The image with ``heatmap`` (``[H, W]``, any scale) blended in and the query's box drawn.
+
+    Small images are enlarged so their longer side is at least ``min_side`` pixels: a 200-pixel
+    shapes image would otherwise show its heatmap as a thumbnail.
+    """
+    height, width = image.shape[:2]
+    zoom = max(1.0, min_side / max(height, width))
+    if zoom > 1:
+        size = (round(width * zoom), round(height * zoom))
+        image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+        heatmap = np.asarray(Image.fromarray(heatmap.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
+        box = np.asarray(box, dtype=np.float64) * zoom
     span = float(heatmap.max() - heatmap.min())
     scaled = (heatmap - heatmap.min()) / span if span > 0 else np.zeros_like(heatmap)
     colored = plt.get_cmap("inferno")(scaled)[..., :3] * 255
     blended = (0.45 * image.astype(float) + 0.55 * colored).clip(0, 255).astype(np.uint8)
-    detections = sv.Detections(xyxy=box.reshape(1, 4).astype(np.float32), class_id=np.array([class_id]))
-    thickness = max(2, round(min(image.shape[:2]) / 250))
+    detections = sv.Detections(xyxy=np.asarray(box).reshape(1, 4).astype(np.float32), class_id=np.array([class_id]))
+    thickness = max(2, round(min(blended.shape[:2]) / 250))
     blended = sv.BoxAnnotator(thickness=thickness, color_lookup=sv.ColorLookup.CLASS).annotate(blended, detections)
-    return sv.LabelAnnotator(text_scale=max(0.4, min(image.shape[:2]) / 1000), color_lookup=sv.ColorLookup.CLASS,
+    return sv.LabelAnnotator(text_scale=max(0.4, min(blended.shape[:2]) / 1000), color_lookup=sv.ColorLookup.CLASS,
                              smart_position=True).annotate(blended, detections, labels=[caption])
 
 

@@ -70,12 +70,13 @@ def _queries_tab(image, files, model, threshold, size):
     with gr.Row():
         with gr.Column(scale=2):
             overlay = gr.Image(label="Selected query: box and decoder cross-attention", type="numpy",
-                               interactive=False, elem_id="query-overlay")
+                               interactive=False, height=520, elem_id="query-overlay")
             details = gr.Markdown(elem_id="query-details")
         with gr.Column(scale=1):
-            grid = gr.Image(label="All queries (click one): colour = top class, brightness = score, "
-                                  "white frame = passes the threshold", type="numpy", interactive=False,
+            grid = gr.Image(label="All queries (click one)", type="numpy", interactive=False, height=460,
                             elem_id="query-grid")
+            gr.Markdown("Colour = top class, brightness = score, white frame = passes the threshold, "
+                        "yellow = selected. Dark cells are queries predicting nothing here.")
             with gr.Row():
                 query = gr.Number(label="Query", value=0, precision=0, minimum=0, elem_id="query-index")
                 layer = gr.Dropdown(choices=[], label="Decoder layer", elem_id="query-layer")

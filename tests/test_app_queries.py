@@ -116,3 +116,11 @@ def test_slot_plot_over_images(tiny_detr_dir, tmp_path):
     assert queries.parse_slots("", 12) == list(range(12))
     with pytest.raises(gr.Error, match="between 0 and 11"):
         queries.parse_slots("5-20", 12)
+
+
+def test_small_images_are_enlarged_for_the_overlay(tiny_detr_dir):
+    small = data.coffee()[::6, ::6]  # 67 x 100
+    key, *_ = queries.run_queries(small, str(tiny_detr_dir), 64, 0.5)
+    overlay, _, _ = queries.query_attention(key, 0)
+    assert max(overlay.shape[:2]) == 512
+    assert overlay.shape[0] / overlay.shape[1] == pytest.approx(small.shape[0] / small.shape[1], abs=0.01)
