@@ -104,13 +104,13 @@ def _queries_tab(image, files, model, threshold, size):
     grid.select(queries.grid_select, inputs=[key], outputs=[query], api_name=False).then(**show, api_name=False)
     table.select(queries.table_select, outputs=[query], api_name=False).then(**show, api_name=False)
 
-    def dataset_images(files):
-        if files:
-            return [getattr(f, "name", f) for f in files]
-        return [s.filepath for s in review.store().dataset.select_fields().limit(500)]
+    def slot_plot(files, model_name, slots_text, size):
+        """Fig. 7 over the multi-image upload, else over (up to 500 of) the review dataset's images."""
+        images = [getattr(f, "name", f) for f in files] if files else review.store().dataset.limit(500).values(
+            "filepath")
+        return queries.slot_specialization(images, model_name, slots_text, size)
 
-    plot_button.click(lambda files, m, text, s: queries.slot_specialization(dataset_images(files), m, text, s),
-                      inputs=[files, model, slots, size], outputs=[plot], api_name="slot_plot")
+    plot_button.click(slot_plot, inputs=[files, model, slots, size], outputs=[plot], api_name="slot_plot")
     return key, query, promote
 
 

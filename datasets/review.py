@@ -65,21 +65,57 @@ def default_data_dir() -> Path:
 
 
 def configure_fiftyone(data_dir: Path) -> str:
-    """Point FiftyOne at its database before first use; returns where it is.
+    """Point FiftyOne at its database; call before anything imports fiftyone. Returns where it is.
 
     ``FIFTYONE_DATABASE_URI`` (an external MongoDB, for several reviewers) wins; otherwise FiftyOne
-    runs its own MongoDB with files under ``data_dir/fiftyone-db``.
+    runs its own MongoDB with files under ``data_dir/fiftyone-db``. FiftyOne reads its settings
+    from the environment when first imported, so they are set there.
+    """
+    import sys
+
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")  # MongoDB 6.0's version nag only
+    if os.environ.get("FIFTYONE_DATABASE_URI"):
+        where = f"MongoDB at {os.environ['FIFTYONE_DATABASE_URI'].split('@')[-1]}"
+    else:
+        database_dir = Path(data_dir) / "fiftyone-db"
+        database_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["FIFTYONE_DATABASE_DIR"] = str(database_dir)
+        where = f"FiftyOne's MongoDB in {database_dir}"
+    if "fiftyone" in sys.modules:
+        import fiftyone as fo
+
+        if not os.environ.get("FIFTYONE_DATABASE_URI") and fo.config.database_dir != os.environ["FIFTYONE_DATABASE_DIR"]:
+            raise RuntimeError("fiftyone was imported before configure_fiftyone(); call it first.")
+    return where
+
+
+def _check_local_database() -> None:
+    """Refuse to run on another directory's database.
+
+    FiftyOne's own MongoDB service is shared by all FiftyOne processes of a user: when one is
+    already running (a notebook, the FiftyOne App), a new process attaches to it whatever its
+    ``database_dir`` says. Reviews would then land somewhere the user did not choose.
     """
     import fiftyone as fo
+    from fiftyone.core.odm import database
 
-    fo.config.database_validation = False  # the bundled MongoDB 6.0 triggers a version nag, nothing more
-    if os.environ.get("FIFTYONE_DATABASE_URI"):
-        fo.config.database_uri = os.environ["FIFTYONE_DATABASE_URI"]
-        return f"MongoDB at {fo.config.database_uri.split('@')[-1]}"
-    database_dir = Path(data_dir) / "fiftyone-db"
-    database_dir.mkdir(parents=True, exist_ok=True)
-    fo.config.database_dir = str(database_dir)
-    return f"FiftyOne's MongoDB in {database_dir}"
+    if fo.config.database_uri:
+        return
+    database.get_db_conn()  # connects, starting or attaching to the service
+    child = getattr(getattr(database, "_db_service", None), "child", None)  # FiftyOne internals, read only
+    try:
+        command = child.cmdline() if child is not None else []
+    except Exception:  # the process vanished or cannot be inspected: nothing to compare
+        return
+    if "--dbpath" not in command:
+        return
+    actual = Path(command[command.index("--dbpath") + 1]).resolve()
+    if actual != Path(fo.config.database_dir).resolve():
+        raise ReviewError(
+            f"FiftyOne attached to a database already running in {actual} (process {child.pid}), not the one "
+            f"in {fo.config.database_dir}: FiftyOne runs one local database per user. Close the other FiftyOne "
+            "session, or run a MongoDB server and set FIFTYONE_DATABASE_URI."
+        )
 
 
 def clean_label(name: object) -> str:
@@ -224,6 +260,7 @@ class ReviewStore:
 
         if not name or not name.strip():
             raise ReviewError("the review dataset needs a name.")
+        _check_local_database()
         data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         if fo.dataset_exists(name):
             dataset = fo.load_dataset(name)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import socket
+import subprocess
+import time
 import shutil
 import tempfile
 import uuid
@@ -16,10 +20,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-# A throwaway FiftyOne database (its own MongoDB, started on first use) for the whole run.
-_THROWAWAY_DB = tempfile.mkdtemp(prefix="detr-studio-fiftyone-")
-os.environ["FIFTYONE_DATABASE_DIR"] = _THROWAWAY_DB
-os.environ.pop("FIFTYONE_DATABASE_URI", None)
+# A throwaway MongoDB for the whole run, started by pytest_configure and reached by URI. Not
+# FiftyOne's own database service: that one is shared by every FiftyOne process of the user, so
+# tests could attach to the user's database (or the user's FiftyOne to the tests').
+_THROWAWAY_DB = tempfile.mkdtemp(prefix="detr-studio-mongo-")
+_mongod: subprocess.Popen | None = None
 
 import torch  # noqa: E402
 from transformers import ConditionalDetrConfig, DetrConfig, ResNetConfig  # noqa: E402
@@ -29,8 +34,38 @@ from core.loading import ARCHITECTURES  # noqa: E402
 LABELS = ["circle", "square", "triangle"]
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def pytest_configure(config):
+    """Start the MongoDB that FiftyOne ships (fiftyone/db/bin/mongod) on a free local port."""
+    global _mongod
+    mongod = Path(importlib.util.find_spec("fiftyone").submodule_search_locations[0]) / "db" / "bin" / "mongod"
+    port = _free_port()
+    _mongod = subprocess.Popen(
+        [str(mongod), "--dbpath", _THROWAWAY_DB, "--port", str(port), "--bind_ip", "127.0.0.1", "--nounixsocket",
+         "--logpath", str(Path(_THROWAWAY_DB) / "mongod.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if _mongod.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the test MongoDB ({mongod}) did not start; see {_THROWAWAY_DB}/mongod.log")
+            time.sleep(0.1)
+    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
+
+
 def pytest_unconfigure(config):
-    # ~300 MB of MongoDB files; FiftyOne's database stops by itself once this process has ended.
+    if _mongod is not None:
+        _mongod.terminate()
+        _mongod.wait(timeout=60)
     shutil.rmtree(_THROWAWAY_DB, ignore_errors=True)
 
 

@@ -107,8 +107,9 @@ def test_detect_inspect_review_and_find_the_edit_in_fiftyone(review_app, page, t
     grid = page.locator("#query-grid img")
     box = grid.bounding_box()
     natural = grid.evaluate("img => [img.naturalWidth, img.naturalHeight]")
-    scale = box["width"] / natural[0]
-    grid.click(position={"x": 1.5 * 44 * scale, "y": 1.5 * 44 * scale})
+    scale = min(box["width"] / natural[0], box["height"] / natural[1])  # shown with object-fit: contain
+    left, top = (box["width"] - natural[0] * scale) / 2, (box["height"] - natural[1] * scale) / 2
+    grid.click(position={"x": left + 1.5 * 44 * scale, "y": top + 1.5 * 44 * scale})
     expect(page.locator("#query-details")).to_contain_text("Query 11", timeout=30_000)
     expect(page.locator("#queries-table")).to_contain_text("no-object")
     page.locator("#query-overlay img").wait_for(timeout=30_000)
@@ -151,3 +152,24 @@ def test_detect_inspect_review_and_find_the_edit_in_fiftyone(review_app, page, t
     relabelled = min(sample.ground_truth.detections,
                      key=lambda d: abs(d.bounding_box[0] * item.width - x0) + abs(d.bounding_box[1] * item.height - y0))
     assert relabelled.label == new_label
+
+
+def test_fiftyone_app_shows_the_review_dataset(review_store, page):
+    """'Open in FiftyOne' serves the same dataset: its samples with predictions and ground truth."""
+    import socket
+
+    from app import review
+    from datasets.shapes import generate_sample
+
+    sample_id = review.send_to_review(generate_sample(7).image, "bundled", 0.5, 0)[1]
+    review.save_review(sample_id, 0, {"image": "x", "boxes": [{"xmin": 1, "ymin": 2, "xmax": 30, "ymax": 40,
+                                                               "label": "circle"}]}, "ana")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    review.open_fiftyone(port)
+    page.goto(f"http://127.0.0.1:{port}/datasets/{review_store.dataset.name}")
+    page.get_by_text("1 sample").first.wait_for(timeout=90_000)
+    body = page.inner_text("body")
+    assert review_store.dataset.name in page.content()  # the dataset picker in the header
+    assert "predictions" in body and "ground_truth" in body and "review" in body

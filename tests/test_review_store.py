@@ -242,3 +242,75 @@ def test_reviewers_in_two_processes_cannot_both_save_one_revision(review_store, 
     review_store.dataset.reload()
     item = review_store.get(sample_id)
     assert item.revision == 1 and item.ground_truth.data["class_name"].tolist() == [winner]
+
+
+def test_the_app_data_directory_holds_the_database_and_media(tmp_path):
+    """What `python app.py --data-dir DIR` does before anything else: FiftyOne's files land in DIR."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import sys, numpy as np, supervision as sv
+from pathlib import Path
+from datasets.review import configure_fiftyone, ReviewStore
+data = Path(sys.argv[1])
+print(configure_fiftyone(data))
+store = ReviewStore.open("app-data-test", data)
+store.add_image(np.zeros((20, 30, 3), np.uint8), sv.Detections.empty(), "m", ["circle"])
+print(len(store.dataset))
+"""
+    from fiftyone.service.util import find_processes_by_args
+
+    if any(find_processes_by_args(["--51-service", "db", "--multi"])):
+        pytest.skip("another FiftyOne database service runs for this user; FiftyOne would attach to it")
+    root = Path(__file__).resolve().parents[1]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FIFTYONE_DATABASE")}
+    env["PYTHONPATH"] = str(root)
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "data")], capture_output=True, text=True,
+                         env=env, cwd=root, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-1] == "1"
+    assert "fiftyone-db" in run.stdout
+    assert (tmp_path / "data" / "fiftyone-db" / "WiredTiger").exists()
+    assert len(list((tmp_path / "data" / "media").rglob("*.png"))) == 1
+
+
+def test_a_second_app_on_another_data_directory_is_refused_not_redirected(tmp_path):
+    """FiftyOne's local database is one per user; a store must not silently use another directory's."""
+    import os
+    import subprocess
+    import sys
+
+    from fiftyone.service.util import find_processes_by_args
+
+    if any(find_processes_by_args(["--51-service", "db", "--multi"])):
+        pytest.skip("another FiftyOne database service runs for this user")
+    script = """
+import sys
+from pathlib import Path
+from datasets.review import configure_fiftyone, ReviewStore, ReviewError
+configure_fiftyone(Path(sys.argv[1]))
+try:
+    ReviewStore.open("attach-test", Path(sys.argv[1]))
+    print("opened", flush=True)
+except ReviewError as error:
+    print("refused:", error, flush=True)
+sys.stdin.read()  # stay alive (keeping the database service) until told to stop
+"""
+    root = Path(__file__).resolve().parents[1]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FIFTYONE_DATABASE")}
+    env["PYTHONPATH"] = str(root)
+
+    def start(directory):
+        return subprocess.Popen([sys.executable, "-c", script, str(directory)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+
+    first = start(tmp_path / "a")
+    try:
+        assert first.stdout.readline().strip() == "opened"
+        second = start(tmp_path / "b")
+        out, _ = second.communicate("", timeout=180)
+        assert out.startswith("refused:") and str(tmp_path / "a") in out and "FIFTYONE_DATABASE_URI" in out
+    finally:
+        first.communicate("", timeout=180)
