@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.loading import ASSETS_DIR
@@ -58,3 +60,20 @@ def test_a_script_can_inspect_queries_and_review(client, review_store, tiny_detr
     assert review_store.get(sample_id).ground_truth.data["class_name"].tolist() == ["star"]
     summary, per_class, plot = client.predict(api_name="/evaluate")
     assert "mAP" in summary
+
+
+def test_gradio_serves_only_what_the_app_needs(client):
+    import urllib.error
+    import urllib.request
+
+    def status(path):
+        try:
+            with urllib.request.urlopen(f"{client.src.rstrip('/')}/gradio_api/file={path}", timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    root = Path(__file__).resolve().parents[1]
+    assert status(ASSETS_DIR / "examples" / "coffee.jpg") == 200
+    for private in [root / "README.md", ASSETS_DIR / "bundled" / "config.json", Path("/etc/passwd")]:
+        assert status(private) == 403, private
