@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
-from core.loading import BUNDLED_DIR, BUNDLED_NAME, Detector, load_detector_or_bundled
+from core.loading import BUNDLED_DIR, BUNDLED_NAME, Detector, ModelLoadError, load_detector_or_bundled
+from training.registry import PREFIX as VERSION_PREFIX
 
 HUB_MODELS = ["facebook/detr-resnet-50", "microsoft/conditional-detr-resnet-50"]
 
@@ -14,8 +15,12 @@ _cache: dict[str, Detector] = {}
 
 
 def model_choices() -> list[str]:
-    """What the model picker offers; a local directory can be typed in as well."""
-    return ([BUNDLED_NAME] if (BUNDLED_DIR / "config.json").is_file() else []) + HUB_MODELS
+    """What the model picker offers: bundled, the hub models, then every fine-tuned version (newest
+    first); a local directory can be typed in as well."""
+    from app.review import registry
+
+    versions = [version.name for version in reversed(registry().versions())]
+    return ([BUNDLED_NAME] if (BUNDLED_DIR / "config.json").is_file() else []) + HUB_MODELS + versions
 
 
 def default_model() -> str:
@@ -28,5 +33,17 @@ def get_detector(name: str) -> Detector:
     name = name.strip()
     with _lock:  # one load at a time: two sessions asking for the same model load it once
         if name not in _cache:
-            _cache[name] = load_detector_or_bundled(name)
+            if name.startswith(VERSION_PREFIX):
+                from app.review import registry
+                from training.registry import RegistryError
+
+                try:
+                    path = registry().get(name).path
+                except RegistryError as error:
+                    raise ModelLoadError(str(error)) from None
+                detector = load_detector_or_bundled(path)
+                detector.name = name  # predictions stored in review keep the version that made them
+                _cache[name] = detector
+            else:
+                _cache[name] = load_detector_or_bundled(name)
         return _cache[name]

@@ -39,13 +39,25 @@ def configure(dataset: str | None = None, data_dir: Path | None = None) -> None:
         _store = None
 
 
+def data_dir() -> Path:
+    """The app data directory (review media, model versions)."""
+    return Path(_settings["data_dir"] or default_data_dir())
+
+
+def registry():
+    """The model versions of this data directory."""
+    from training.registry import Registry
+
+    return Registry(data_dir() / "models")
+
+
 def store() -> ReviewStore:
     """The app's review store, opened on first use."""
     global _store
     with _lock:
         if _store is None:
             try:
-                _store = ReviewStore.open(_settings["dataset"], _settings["data_dir"] or default_data_dir())
+                _store = ReviewStore.open(_settings["dataset"], data_dir())
             except ReviewError as error:
                 raise gr.Error(str(error)) from None
         return _store

@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 from gradio_image_annotation import image_annotator
 
-from app import queries, review
+from app import queries, review, train
 from app.detect import DETECTION_HEADERS, detect, detect_batch, model_labels
 from app.models import default_model, model_choices
 from app.render import class_color
@@ -171,6 +171,47 @@ def _review_tab():
                 pr_plot=pr_plot, open_app=open_app, fiftyone_link=fiftyone_link)
 
 
+def _train_tab(model):
+    summary = gr.Markdown(elem_id="train-summary")
+    with gr.Row():
+        epochs = gr.Slider(1, 200, value=40, step=1, label="Epochs at most (early stopping on validation AP)")
+        lr = gr.Number(value=1e-4, label="Learning rate (backbone: a tenth)", minimum=1e-6, maximum=1e-2)
+    with gr.Row():
+        start = gr.Button("Fine-tune on reviewed data", variant="primary", elem_id="train-start",
+                          interactive=not train.public_space_without_login())
+        cancel = gr.Button("Cancel", elem_id="train-cancel")
+    status = gr.Markdown(elem_id="train-status")
+    plot = gr.Plot(label="Loss and validation AP")
+    table = gr.Dataframe(headers=["class", "AP before", "AP after", "change"], interactive=False,
+                         label="Validation AP per class, base model vs new version", elem_id="train-table")
+    new_version = gr.Textbox(label="New version", interactive=False, elem_id="train-version")
+    use = gr.Button("Use this model", elem_id="train-use")
+    gr.Markdown("### Model versions")
+    versions = gr.Dataframe(headers=train.VERSION_HEADERS, interactive=False, elem_id="train-versions")
+    with gr.Row():
+        picked = gr.Textbox(label="Version (click a row)", elem_id="train-picked")
+        switch = gr.Button("Switch to")
+        rollback = gr.Button("Roll back (to its parent)")
+
+    def select_model(name):
+        return gr.update(choices=model_choices(), value=name)
+
+    refresh = dict(fn=lambda: (train.training_summary(), train.versions_table()), outputs=[summary, versions],
+                   api_name=False)
+    start.click(train.start_finetune, inputs=[model, epochs, lr], outputs=[status, plot, table, new_version],
+                api_name="finetune").then(**refresh)
+    cancel.click(train.cancel_finetune, outputs=[status], api_name="cancel_finetune")
+    use.click(select_model, inputs=[new_version], outputs=[model], api_name=False)
+    def pick_version(evt: gr.SelectData):
+        return evt.row_value[0]
+
+    versions.select(pick_version, outputs=[picked], api_name=False)
+    switch.click(select_model, inputs=[picked], outputs=[model], api_name=False)
+    rollback.click(lambda name: select_model(train.rollback_target(name)), inputs=[picked], outputs=[model],
+                   api_name=False)
+    return refresh
+
+
 def build_app() -> gr.Blocks:
     """The whole app; `app.py` launches it, tests drive it through `gradio_client` or a browser."""
     with gr.Blocks(title="DETR Studio") as demo:
@@ -187,6 +228,9 @@ def build_app() -> gr.Blocks:
             key, query, promote = _queries_tab(image, files, model, threshold, size)
         with gr.Tab("Review"):
             r = _review_tab()
+        with gr.Tab("Train") as train_tab:
+            refresh_train = _train_tab(model)
+        train_tab.select(**refresh_train)
 
         loaded = [r["editor"], r["sample_id"], r["revision"], r["status"]]
         send.click(_with_labels(review.send_to_review), inputs=[image, model, threshold, size], outputs=loaded,

@@ -82,7 +82,7 @@ class Progress:
 
 @dataclass
 class TrainResult:
-    status: str  # "finished", "cancelled"
+    status: str  # "finished", "cancelled", "stopped_early"
     step: int
     epoch: int
     last_losses: dict[str, float] = field(default_factory=dict)
@@ -189,8 +189,13 @@ def train(
     labels: list[str] | None = None,
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
+    epoch_end: Callable[[int], bool] | None = None,
 ) -> TrainResult:
-    """Train ``model`` (a transformers DETR or Conditional DETR) in place. See the module docstring."""
+    """Train ``model`` (a transformers DETR or Conditional DETR) in place. See the module docstring.
+
+    ``epoch_end(epoch)`` runs after each complete epoch (e.g. validation); returning True stops
+    training there with status ``"stopped_early"``.
+    """
     from accelerate import Accelerator
 
     cuda = torch.cuda.is_available()
@@ -291,5 +296,13 @@ def train(
                                   rate, (total_steps - step) * config.batch_size * accelerator.num_processes / max(rate, 1e-9)))
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 checkpoint(epoch)
+            if epoch_end is not None and step % steps_per_epoch == 0:
+                model.eval()
+                stop = epoch_end(epoch)
+                model.train()
+                if stop and step < total_steps:
+                    result.status = "stopped_early"
+                    checkpoint(epoch)
+                    return result
     checkpoint(result.epoch)
     return result

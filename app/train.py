@@ -1,0 +1,158 @@
+"""The Train tab's handlers: one-click fine-tuning on the reviewed samples, and the model versions.
+
+One job at a time per server: a second start while one runs is refused. The job runs in a worker
+thread; the handler streams its progress (a generator), and Cancel sets the job's flag, which the
+training loop checks before every step.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import gradio as gr
+import matplotlib.pyplot as plt
+
+from app import review
+from training.finetune import FinetuneConfig, FinetuneError, finetune, per_class_table, reviewed_samples
+from training.registry import RegistryError
+
+VERSION_HEADERS = ["version", "parent", "created", "val AP before", "val AP after", "labels", "samples"]
+
+
+@dataclass
+class Job:
+    started: float
+    base: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    events: queue.Queue = field(default_factory=queue.Queue)
+
+
+_lock = threading.Lock()
+_job: Job | None = None
+
+
+def public_space_without_login() -> bool:
+    """On a public Hugging Face Space with no login configured, anyone could start training."""
+    return bool(os.environ.get("SPACE_ID")) and not os.environ.get("OAUTH_CLIENT_ID")
+
+
+def training_summary() -> str:
+    """What a fine-tune would train on: reviewed samples and classes."""
+    samples = reviewed_samples(review.store().dataset) if len(review.store().reviewed_view()) else []
+    counts = Counter(name for s in samples for name in s.names)
+    classes = ", ".join(f"{name} ({n})" for name, n in counts.most_common()) or "none"
+    text = f"**{len(samples)} reviewed samples** in `{review.store().dataset.name}`; boxes per class: {classes}."
+    if public_space_without_login():
+        text += ("\n\nFine-tuning is disabled on this public Space: it has no login configured, so anyone could "
+                 "start jobs. Duplicate the Space (or run it locally) to fine-tune.")
+    return text
+
+
+def _plot(history: list[dict], losses: list[tuple[int, float]]):
+    figure, (left, right) = plt.subplots(1, 2, figsize=(8, 2.8))
+    if losses:
+        left.plot([s for s, _ in losses], [v for _, v in losses])
+    left.set_title("training loss", fontsize=9)
+    left.set_xlabel("step")
+    if history:
+        right.plot([h["epoch"] for h in history], [h["val_AP"] for h in history], marker="o")
+    right.set_title("validation AP", fontsize=9)
+    right.set_xlabel("epoch")
+    figure.tight_layout()
+    return figure
+
+
+def start_finetune(base: str, epochs: int, lr: float):
+    """Run a fine-tune of ``base`` on the reviewed samples; yields ``(status, plot, table, new model)``."""
+    global _job
+    if public_space_without_login():
+        raise gr.Error("Fine-tuning is disabled on a public Space without login.")
+    config = FinetuneConfig(epochs=int(epochs), lr=float(lr), lr_backbone=float(lr) / 10)
+    with _lock:
+        if _job is not None:
+            minutes = (time.time() - _job.started) / 60
+            raise gr.Error(f"A fine-tune of {_job.base} is already running ({minutes:.0f} min so far); "
+                           "wait for it or cancel it.")
+        job = _job = Job(time.time(), base)
+
+    def work():
+        global _job
+        try:
+            result = finetune(review.store().dataset, base, config, registry=review.registry(),
+                              work_dir=review.data_dir() / "finetune-work",
+                              progress=lambda p: job.events.put(("progress", p)),
+                              on_epoch=lambda h: job.events.put(("epoch", h)), cancel=job.cancel)
+            job.events.put(("done", result))
+        except Exception as error:  # reported to the page; the registry is unchanged
+            job.events.put(("error", error))
+        finally:
+            with _lock:
+                _job = None
+
+    worker = threading.Thread(target=_gpu_context(work), daemon=True)
+    worker.start()
+    history, losses, status = [], [], "Starting: evaluating the base model on the validation samples..."
+    yield status, _plot(history, losses), [], gr.update()
+    while True:
+        kind, payload = job.events.get()
+        if kind == "progress":
+            losses.append((payload.step, payload.losses.get("loss", float("nan"))))
+            status = (f"step {payload.step}/{payload.total_steps} · epoch {payload.epoch} · "
+                      f"{payload.images_per_s:.1f} images/s · about {payload.eta_s / 60:.1f} min left (at most)")
+        elif kind == "epoch":
+            history.append(payload)
+        elif kind == "error":
+            message = str(payload) if isinstance(payload, (FinetuneError, RegistryError, ValueError)) else repr(payload)
+            raise gr.Error(f"Fine-tuning failed: {message}. No model version was written.")
+        elif kind == "done":
+            result = payload
+            if result.status == "cancelled":
+                yield "Cancelled; no model version was written.", _plot(history, losses), [], gr.update()
+                return
+            status = (f"**{result.version}** saved ({result.status}, best epoch {result.best_epoch}, "
+                      f"{result.seconds / 60:.1f} min). Validation AP {result.before.AP:.3f} → {result.after.AP:.3f}.")
+            yield status, _plot(history, losses), per_class_table(result), gr.update(value=result.version)
+            return
+        yield status, _plot(history, losses), [], gr.update()
+
+
+def cancel_finetune() -> str:
+    with _lock:
+        if _job is None:
+            return "No fine-tune is running."
+        _job.cancel.set()
+    return "Cancelling: the job stops before its next step."
+
+
+def _gpu_context(function):
+    """Inside a ZeroGPU Space (the `spaces` package), run the job in its GPU context."""
+    try:
+        import spaces
+    except ImportError:
+        return function
+    return spaces.GPU(duration=600)(function)
+
+
+def versions_table() -> list[list]:
+    rows = []
+    for version in reversed(review.registry().versions()):
+        info = version.info
+        metrics = info.get("metrics", {})
+        rows.append([version.name, info.get("parent", ""), info.get("created", ""),
+                     round(metrics.get("before", {}).get("AP", float("nan")), 3),
+                     round(metrics.get("after", {}).get("AP", float("nan")), 3),
+                     ", ".join(info.get("labels", [])), len(info.get("train_ids", [])) + len(info.get("val_ids", []))])
+    return rows
+
+
+def rollback_target(version_name: str) -> str:
+    """The model to switch to when rolling back from ``version_name``: its parent."""
+    try:
+        return review.registry().get(version_name).parent or "bundled"
+    except RegistryError as error:
+        raise gr.Error(str(error)) from None

@@ -1,0 +1,56 @@
+"""The Train tab's handlers: summary, one job at a time, cancel, a finished run becomes a selectable version."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+
+import app.models
+from app import train
+from training.star_check import build_review_dataset
+
+
+@pytest.fixture(autouse=True)
+def fresh_model_cache(monkeypatch):
+    monkeypatch.setattr(app.models, "_cache", {})
+
+
+def test_summary_counts_reviewed_samples_and_classes(review_store):
+    assert "**0 reviewed samples**" in train.training_summary()
+    build_review_dataset(review_store, 3)
+    text = train.training_summary()
+    assert "**3 reviewed samples**" in text and "star (2)" in text
+
+
+def test_second_start_is_refused_and_cancel_stops_without_a_version(review_store):
+    build_review_dataset(review_store, 10)
+    first = train.start_finetune("bundled", 50, 1e-4)
+    status, *_ = next(first)  # the job is running from here on
+    assert status.startswith("Starting")
+    with pytest.raises(gr.Error, match="already running"):
+        next(train.start_finetune("bundled", 5, 1e-4))
+    assert train.cancel_finetune().startswith("Cancelling")
+    outputs = list(first)
+    assert outputs[-1][0].startswith("Cancelled")
+    assert app.review.registry().versions() == []
+    assert train.cancel_finetune() == "No fine-tune is running."
+
+
+def test_a_finished_run_is_a_version_the_app_can_load(review_store):
+    build_review_dataset(review_store, 10)
+    outputs = list(train.start_finetune("bundled", 1, 1e-4))
+    status, _, table, version = outputs[-1]
+    assert "version:v0001" in status and version["value"] == "version:v0001"
+    assert table[0][0] == "all classes" and [row[0] for row in table[1:]] == ["circle", "square", "triangle", "star"]
+    assert "version:v0001" in app.models.model_choices()
+    detector = app.models.get_detector("version:v0001")
+    assert detector.labels == ["circle", "square", "triangle", "star"] and detector.name == "version:v0001"
+    assert train.versions_table()[0][0] == "version:v0001" and train.rollback_target("version:v0001") == "bundled"
+
+
+def test_public_space_without_login_cannot_train(review_store, monkeypatch):
+    monkeypatch.setenv("SPACE_ID", "someone/detr-studio")
+    monkeypatch.delenv("OAUTH_CLIENT_ID", raising=False)
+    assert "disabled" in train.training_summary()
+    with pytest.raises(gr.Error, match="disabled"):
+        next(train.start_finetune("bundled", 1, 1e-4))

@@ -1,0 +1,125 @@
+"""Fine-tuning on reviewed data: stable split, head extension, the versions registry, the job, the
+shortened end-to-end check (the bundled model learns `star`)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import LABELS, tiny_model
+from training.finetune import FinetuneConfig, FinetuneError, extend_head, finetune, is_validation
+from training.registry import Registry, RegistryError
+
+
+def test_split_is_stable_and_about_the_fraction():
+    ids = [f"{i:024x}" for i in range(2000)]
+    first = [is_validation(i, 0.2) for i in ids]
+    assert first == [is_validation(i, 0.2) for i in reversed(ids)][::-1]  # order and company do not matter
+    assert 0.17 < np.mean(first) < 0.23
+    # a larger fraction only moves samples into validation, never out
+    assert all(is_validation(i, 0.3) for i, v in zip(ids, first) if v)
+
+
+@pytest.mark.parametrize("kind", ["detr", "conditional_detr"])
+def test_new_class_extends_the_head_without_changing_old_rows(kind):
+    model = tiny_model(kind)
+    old_weight = model.class_labels_classifier.weight.detach().clone()
+    old_bias = model.class_labels_classifier.bias.detach().clone()
+    extend_head(model, kind, LABELS + ["star", "hexagon"])
+    head = model.class_labels_classifier
+    extra = 1 if kind == "detr" else 0
+    assert head.out_features == 5 + extra
+    assert torch.equal(head.weight[:3], old_weight[:3]) and torch.equal(head.bias[:3], old_bias[:3])
+    if kind == "detr":  # the no-object row moves to the end, unchanged
+        assert torch.equal(head.weight[-1], old_weight[-1]) and torch.equal(head.bias[-1], old_bias[-1])
+    assert model.config.id2label == {0: "circle", 1: "square", 2: "triangle", 3: "star", 4: "hexagon"}
+    assert model.config.num_labels == 5
+    # the model still runs and outputs the new number of classes
+    out = model(pixel_values=torch.rand(1, 3, 64, 64))
+    assert out.logits.shape[-1] == 5 + extra
+    with pytest.raises(FinetuneError, match="start with the base model's labels"):
+        extend_head(model, kind, ["star"] + LABELS)
+
+
+def test_registry_never_overwrites_and_survives_a_crash(tmp_path):
+    registry = Registry(tmp_path / "models")
+    model = tiny_model("detr")
+    first = registry.add(model.save_pretrained, {"parent": "bundled"})
+    second = registry.add(model.save_pretrained, {"parent": first.name})
+    assert [v.id for v in registry.versions()] == ["v0001", "v0002"]
+    assert second.parent == "version:v0001" and registry.get("version:v0002").path == second.path
+
+    def crash(directory):
+        model.save_pretrained(directory)
+        raise RuntimeError("power cut while writing")
+
+    before = sorted(p.name for p in (tmp_path / "models").iterdir())
+    with pytest.raises(RuntimeError, match="power cut"):
+        registry.add(crash, {"parent": "bundled"})
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == before  # nothing half-written visible
+    assert [v.id for v in registry.versions()] == ["v0001", "v0002"]
+    # A leftover from a hard kill (no version.json, hidden name) is ignored and swept on the next add.
+    (tmp_path / "models" / ".tmp-deadbeef").mkdir()
+    (tmp_path / "models" / "v0007").mkdir()  # a directory without version.json is not a version
+    third = registry.add(model.save_pretrained, {})
+    assert third.id == "v0008" and not (tmp_path / "models" / ".tmp-deadbeef").exists()
+    assert json.loads((third.path / "version.json").read_text())["id"] == "v0008"
+    with pytest.raises(RegistryError, match="no model version 'v0042'"):
+        registry.get("version:v0042")
+
+
+def _reviewed_store(store, count, with_star=True, first_seed=2_000_000):
+    from training.star_check import build_review_dataset
+
+    return build_review_dataset(store, count, first_seed)
+
+
+def test_too_few_reviewed_samples_is_a_clear_error(review_store, tmp_path):
+    _reviewed_store(review_store, 2)
+    with pytest.raises(FinetuneError, match="review more images"):
+        finetune(review_store.dataset, "bundled", FinetuneConfig(), registry=Registry(tmp_path / "models"))
+    assert Registry(tmp_path / "models").versions() == []
+
+
+def test_cancel_stops_and_registers_nothing(review_store, tmp_path):
+    _reviewed_store(review_store, 12)
+    cancel = threading.Event()
+    steps = []
+
+    def progress(p):
+        steps.append(p.step)
+        cancel.set()  # cancel as soon as the first progress report arrives
+
+    registry = Registry(tmp_path / "models")
+    result = finetune(review_store.dataset, "bundled", FinetuneConfig(epochs=50, batch_size=2), registry=registry,
+                      progress=progress, cancel=cancel)
+    assert result.status == "cancelled" and result.version is None
+    assert steps == [5]  # log_every = 5: the cancel was seen before step 6
+    assert registry.versions() == []
+
+
+def test_shortened_end_to_end_learns_the_new_class(review_store, tmp_path):
+    """The star check in small: 24 reviewed images, about a minute of CPU training."""
+    from core.evaluate import evaluate_model
+    from core.loading import load_detector
+    from datasets.shapes import ShapesSpec, write_coco
+
+    _reviewed_store(review_store, 24)
+    registry = Registry(tmp_path / "models")
+    epochs = []
+    config = FinetuneConfig(epochs=12, lr=2e-4, lr_backbone=2e-5, patience=12, batch_size=8)
+    result = finetune(review_store.dataset, "bundled", config, registry=registry, on_epoch=epochs.append)
+    assert result.version == "version:v0001" and len(epochs) == 12
+    assert result.labels == ["circle", "square", "triangle", "star"]
+    version = registry.get(result.version)
+    info = version.info
+    assert info["parent"] == "bundled" and set(info["train_ids"]).isdisjoint(info["val_ids"])
+    assert len(info["train_ids"]) + len(info["val_ids"]) == 24
+    assert info["metrics"]["before"]["per_class"]["star"] in (0.0, -1.0)
+    held_out = write_coco(tmp_path / "held_out", 24, 3_000_000, ShapesSpec(with_star=True))
+    after = evaluate_model(load_detector(version.path), held_out.parent)
+    assert after.per_class["star"] > 0.05, after.table()  # before: the model had no star class at all
