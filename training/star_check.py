@@ -31,7 +31,7 @@ from core.evaluate import Metrics, evaluate_model
 from core.inference import predict
 from core.loading import load_detector
 from datasets.shapes import ShapesSpec, generate_sample, write_coco
-from training.finetune import FinetuneConfig, FinetuneResult, finetune
+from training.finetune import FinetuneConfig, FinetuneResult, add_config_flags, finetune
 
 REVIEW_FIRST_SEED, HELD_OUT_FIRST_SEED = 2_000_000, 3_000_000
 
@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("data/star_check"))
     parser.add_argument("--data-dir", type=Path, default=None, help="where FiftyOne's database lives "
                         "(default: WORK/data); FIFTYONE_DATABASE_URI overrides")
-    for item in fields(FinetuneConfig):
-        parser.add_argument("--" + item.name.replace("_", "-"), type=type(item.default), default=item.default)
+    add_config_flags(parser)
     args = parser.parse_args(argv)
     from datasets.review import configure_fiftyone
 
