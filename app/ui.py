@@ -16,6 +16,7 @@ from app.detect import DETECTION_HEADERS, detect, detect_batch, model_labels
 from app.models import default_model, model_choices
 from app.render import class_color
 from core.loading import ASSETS_DIR
+from training.finetune import FinetuneConfig
 
 EXAMPLES_DIR = ASSETS_DIR / "examples"
 MAX_UPLOAD = "50mb"
@@ -174,8 +175,9 @@ def _review_tab():
 def _train_tab(model):
     summary = gr.Markdown(elem_id="train-summary")
     with gr.Row():
-        epochs = gr.Slider(1, 200, value=40, step=1, label="Epochs at most (early stopping on validation AP)")
-        lr = gr.Number(value=1e-4, label="Learning rate (backbone: a tenth)", minimum=1e-6, maximum=1e-2)
+        epochs = gr.Slider(1, 200, value=FinetuneConfig.epochs, step=1,
+                           label="Epochs at most (early stopping on validation AP)")
+        lr = gr.Number(value=FinetuneConfig.lr, label="Learning rate (backbone: a tenth)", minimum=1e-6, maximum=1e-2)
     with gr.Row():
         start = gr.Button("Fine-tune on reviewed data", variant="primary", elem_id="train-start",
                           interactive=not train.public_space_without_login())
