@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,41 +26,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from skimage import data  # noqa: E402
-from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig, pipeline  # noqa: E402
+from transformers import DetrForObjectDetection, pipeline  # noqa: E402
 from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil  # noqa: E402
 
+from bench.models import detr_config  # noqa: E402
+from bench.timing import timed  # noqa: E402
 from core.inference import predict  # noqa: E402
 from core.loading import load_detector  # noqa: E402
 
 
 def build(quick: bool, directory: Path) -> Path:
+    """Save DETR (R50, or tiny with ``quick``) with random weights to ``directory``; returns it."""
     torch.manual_seed(0)
-    if quick:
-        backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1],
-                                layer_type="basic", out_features=["stage4"])
-        config = DetrConfig(backbone_config=backbone, d_model=32, encoder_layers=1, decoder_layers=2,
-                            encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
-                            decoder_attention_heads=2, num_queries=12, init_std=0.3)
-    else:
-        backbone = ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
-                                layer_type="bottleneck", out_features=["stage4"])
-        config = DetrConfig(backbone_config=backbone, num_queries=100)
-    model = DetrForObjectDetection(config).eval()
+    model = DetrForObjectDetection(detr_config(quick, **({"init_std": 0.3} if quick else {}))).eval()
     with torch.no_grad():  # random DETR gives every query the same output; spread them so there is something to match
         model.class_labels_classifier.weight.mul_(3)
         model.model.query_position_embeddings.weight.mul_(30)
     model.save_pretrained(directory)
     return directory
-
-
-def timed(function, repeats: int):
-    function()  # warm-up
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             from PIL import Image
 
             picture = Image.fromarray(image)
-            ours_s, ours = timed(lambda: predict(detector, [image], shortest_edge=short)[0], repeats)
-            base_s, theirs = timed(lambda: detect(picture, threshold=0.0), repeats)
+            ours_s, ours = timed(lambda: predict(detector, [image], shortest_edge=short)[0], repeats, warmup=True)
+            base_s, theirs = timed(lambda: detect(picture, threshold=0.0), repeats, warmup=True)
             # threshold 0: the pipeline returns every query, in query order, as we do
             their_boxes = np.array([[d["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")] for d in theirs])
             height, width = image.shape[:2]

@@ -31,6 +31,7 @@ from transformers import pipeline  # noqa: E402
 from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil  # noqa: E402
 
 from bench.detect_cpu import build  # noqa: E402
+from bench.timing import device_label, timed  # noqa: E402
 from core.inference import predict  # noqa: E402
 from core.loading import load_detector  # noqa: E402
 from core.preprocess import preprocess  # noqa: E402
@@ -85,26 +86,18 @@ def main(argv: list[str] | None = None) -> int:
             def theirs():
                 return detect(pictures[: size * 2], threshold=0.0)
 
-            results = {}
-            for name, function in (("ours", ours), ("baseline", theirs)):
-                function()  # warm-up
-                if cuda:
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                results[name] = function()
-                if cuda:
-                    torch.cuda.synchronize()
-                results[name + "_rate"] = len(work) / (time.perf_counter() - start)
-            mine, reference = results["ours"][0], results["baseline"][0]
+            ours_s, mine = timed(ours, 1, device, warmup=True)
+            base_s, reference = timed(theirs, 1, device, warmup=True)
+            mine, reference = mine[0], reference[0]
             parity = (len(reference) == mine.num_queries
                       and [d["label"] for d in reference] == [mine.labels[i] for i in mine.label_ids]
                       and np.abs(np.array([d["score"] for d in reference]) - mine.scores).max() < 0.05)
-            device_name = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
+            ours_rate, base_rate = len(work) / ours_s, len(work) / base_s
             rows.append({"bench": "inference_gpu", "setting": f"{'tiny' if args.quick else 'DETR-R50'} batch {size}",
-                         "device": device_name, "ours": results["ours_rate"], "baseline": results["baseline_rate"],
-                         "unit": "images/s", "speedup": results["ours_rate"] / results["baseline_rate"],
+                         "device": device_label(device), "ours": ours_rate, "baseline": base_rate,
+                         "unit": "images/s", "speedup": ours_rate / base_rate,
                          "parity": bool(parity), "gflops_per_image": flops / 1e9,
-                         "mfu": results["ours_rate"] * flops / peak, "peak_tflops": peak / 1e12})
+                         "mfu": ours_rate * flops / peak, "peak_tflops": peak / 1e12})
     print(f"{'setting':<22}{'ours img/s':>11}{'pipeline img/s':>16}{'speedup':>9}{'GFLOP/img':>11}{'MFU':>8}  parity")
     for row in rows:
         print(f"{row['setting']:<22}{row['ours']:>11.2f}{row['baseline']:>16.2f}{row['speedup']:>8.2f}x"

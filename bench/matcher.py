@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers.loss.loss_deformable_detr import DeformableDetrHungarianMatcher  # noqa: E402
 from transformers.loss.loss_for_object_detection import HungarianMatcher as DetrHungarianMatcher  # noqa: E402
 
+from bench.timing import device_label, timed  # noqa: E402
 from core.matcher import HungarianMatcher  # noqa: E402
 
 LAYERS, QUERIES, CLASSES = 6, 100, 91
@@ -40,19 +39,6 @@ def coco_like_targets(generator: torch.Generator, batch: int, device: torch.devi
         targets.append({"class_labels": torch.randint(0, CLASSES, (count,), generator=generator).to(device),
                         "boxes": torch.cat([centre, size], -1).to(device)})
     return targets
-
-
-def timed(function, repeats: int, device: torch.device) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = function()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def run(kind: str, batch: int, repeats: int, device: torch.device) -> dict:
@@ -78,8 +64,7 @@ def run(kind: str, batch: int, repeats: int, device: torch.device) -> dict:
         their_cost = ours.total_cost(logits[layer].cpu(), boxes[layer].cpu(), cpu_targets,
                                      [(i.cpu(), j.cpu()) for i, j in their_matches[layer]])
         parity &= abs(ours_cost - their_cost) <= 1e-6 * max(1.0, abs(their_cost))
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    return {"bench": "matcher", "setting": f"{kind} batch {batch}", "device": device_name, "ours": ours_s * 1e3,
+    return {"bench": "matcher", "setting": f"{kind} batch {batch}", "device": device_label(device), "ours": ours_s * 1e3,
             "baseline": base_s * 1e3, "unit": "ms per 6-layer match", "speedup": base_s / ours_s, "parity": parity,
             "targets": sum(len(t["class_labels"]) for t in targets)}
 

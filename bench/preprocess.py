@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil  # noqa: E402
 
+from bench.timing import device_label, timed  # noqa: E402
 from core.loading import PreprocessConfig  # noqa: E402
 from core.preprocess import preprocess  # noqa: E402
 
@@ -43,19 +42,6 @@ def images(count: int, scale: float) -> list[np.ndarray]:
     return result
 
 
-def timed(function, repeats: int, device: torch.device):
-    times, result = [], None
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = function()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="8 half-size images, 1 repeat (a test runs this)")
@@ -66,8 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     pictures = images(count, scale)
     processor = DetrImageProcessorPil(size={"shortest_edge": short, "longest_edge": long})
     config = PreprocessConfig(shortest_edge=short, longest_edge=long)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-
     rows = []
     for mode in ("batch", "single"):
         if mode == "batch":
@@ -81,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             pairs = [(o.pixel_values.cpu(), o.pixel_mask.cpu(), t["pixel_values"], t["pixel_mask"])
                      for o, t in zip(ours, theirs)]
         parity = all(torch.equal(om, tm) and (ov - tv).abs().max().item() < 0.018 for ov, om, tv, tm in pairs)
-        rows.append({"bench": "preprocess", "setting": f"{count} images, {mode}", "device": device_name,
+        rows.append({"bench": "preprocess", "setting": f"{count} images, {mode}", "device": device_label(device),
                      "ours": count / ours_s, "baseline": count / base_s, "unit": "images/s",
                      "speedup": base_s / ours_s, "parity": parity})
     print(f"{'setting':<22}{'ours img/s':>12}{'transformers img/s':>20}{'speedup':>9}  parity")

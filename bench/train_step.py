@@ -27,8 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig  # noqa: E402
+from transformers import DetrForObjectDetection  # noqa: E402
 
+from bench.models import detr_config  # noqa: E402
+from bench.timing import device_label  # noqa: E402
 from core.loading import PreprocessConfig  # noqa: E402
 from core.preprocess import preprocess  # noqa: E402
 from core.train import Progress, TrainConfig, epoch_batches, train  # noqa: E402
@@ -36,18 +38,7 @@ from core.train import Progress, TrainConfig, epoch_batches, train  # noqa: E402
 
 def build(quick: bool) -> DetrForObjectDetection:
     torch.manual_seed(0)
-    if quick:
-        backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1],
-                                layer_type="basic", out_features=["stage4"])
-        config = DetrConfig(backbone_config=backbone, d_model=32, encoder_layers=1, decoder_layers=2,
-                            encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
-                            decoder_attention_heads=2, num_queries=12, num_labels=5)
-    else:
-        backbone = ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
-                                layer_type="bottleneck", out_features=["stage4"])
-        config = DetrConfig(backbone_config=backbone, num_queries=100)
-    config.auxiliary_loss = True
-    return DetrForObjectDetection(config)
+    return DetrForObjectDetection(detr_config(quick, auxiliary_loss=True, **({"num_labels": 5} if quick else {})))
 
 
 class Synthetic(torch.utils.data.Dataset):
@@ -134,9 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ours_curve, their_curve = np.array(our_losses), np.array(their_losses)
     relative = np.abs(ours_curve - their_curve) / np.abs(their_curve)
     parity = len(ours_curve) == len(their_curve) and float(relative.mean()) < 0.05
-    device_name = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
     row = {"bench": "train_step", "setting": f"{'tiny' if args.quick else 'DETR-R50'} batch {batch} {height}x{width}",
-           "device": device_name, "ours": ours_rate, "baseline": base_rate, "unit": "images/s",
+           "device": device_label(device), "ours": ours_rate, "baseline": base_rate, "unit": "images/s",
            "speedup": ours_rate / base_rate, "parity": bool(parity), "steps": steps,
            "loss_first": [round(float(ours_curve[0]), 4), round(float(their_curve[0]), 4)],
            "loss_last": [round(float(ours_curve[-1]), 4), round(float(their_curve[-1]), 4)],
