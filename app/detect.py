@@ -8,6 +8,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from app.inputs import detector_for, image_and_detector, processing_size, threshold_value, with_note
 from app.models import get_detector
 from core.annotate import annotate
 from core.images import ImageError, load_image
@@ -15,15 +16,6 @@ from core.inference import predict
 from core.loading import ModelLoadError
 
 DETECTION_HEADERS = ["query", "label", "score", "x1", "y1", "x2", "y2"]
-
-
-def _check(threshold: float, size: int | None) -> int | None:
-    if threshold is None or not 0.0 <= float(threshold) <= 1.0:
-        raise gr.Error(f"The threshold must be between 0 and 1, got {threshold}.")
-    size = int(size) if size else None  # 0 from the slider: the model's own size
-    if size is not None and not 32 <= size <= 4096:
-        raise gr.Error(f"The processing size must be between 32 and 4096 pixels, got {size}.")
-    return size
 
 
 def _rows(detections) -> list[list]:
@@ -48,28 +40,20 @@ def detect(
     Raises `gr.Error` (shown as a message in the browser) for a missing or unreadable image, an
     out-of-range threshold, or a model that cannot be loaded.
     """
-    if image is None:
-        raise gr.Error("Upload an image or pick an example first.")
-    size = _check(threshold, size)
-    try:
-        picture = load_image(image)
-        detector = get_detector(model_name)
-    except (ImageError, ModelLoadError) as error:
-        raise gr.Error(str(error)) from None
+    threshold, size = threshold_value(threshold), processing_size(size)
+    picture, detector = image_and_detector(image, model_name)
 
     start = time.perf_counter()
     outputs = predict(detector, [picture], shortest_edge=size)[0]
     seconds = time.perf_counter() - start
-    detections = outputs.to_detections(float(threshold), classes or None)
+    detections = outputs.to_detections(threshold, classes or None)
     rows = _rows(detections)
     status = (
         f"{len(rows)} detection{'s' if len(rows) != 1 else ''} of {outputs.num_queries} queries in {seconds:.2f} s "
         f"· model `{detector.name}` on {detector.device.type} · shortest edge "
         f"{size or detector.preprocess.shortest_edge} px"
     )
-    if detector.note:
-        status = f"**Note:** {detector.note}\n\n{status}"
-    return annotate(picture, detections), rows, status
+    return annotate(picture, detections), rows, with_note(status, detector)
 
 
 def detect_batch(
@@ -81,11 +65,8 @@ def detect_batch(
     """
     if not files:
         raise gr.Error("Upload one or more images first.")
-    size = _check(threshold, size)
-    try:
-        detector = get_detector(model_name)
-    except ModelLoadError as error:
-        raise gr.Error(str(error)) from None
+    threshold, size = threshold_value(threshold), processing_size(size)
+    detector = detector_for(model_name)
     names = [Path(getattr(f, "name", f)).name for f in files]
     pictures, problems = [], []
     for file, name in zip(files, names):
@@ -98,15 +79,13 @@ def detect_batch(
     seconds = time.perf_counter() - start
     gallery, rows = [], []
     for (name, picture), out in zip(pictures, outputs):
-        detections = out.to_detections(float(threshold), classes or None)
+        detections = out.to_detections(threshold, classes or None)
         gallery.append((annotate(picture, detections), f"{name}: {len(detections)}"))
         rows.extend([name, *row] for row in _rows(detections))
     status = f"{len(pictures)} images, {len(rows)} detections in {seconds:.2f} s · model `{detector.name}`"
     if problems:
         status += "\n\nSkipped:\n" + "\n".join(f"- {p}" for p in problems)
-    if detector.note:
-        status = f"**Note:** {detector.note}\n\n{status}"
-    return gallery, rows, status
+    return gallery, rows, with_note(status, detector)
 
 
 def model_labels(model_name: str):

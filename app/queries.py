@@ -7,7 +7,6 @@ A handler returns a cache key that the page (or a `gradio_client` script) passes
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -16,11 +15,12 @@ from dataclasses import dataclass
 import gradio as gr
 import numpy as np
 
-from app.models import get_detector
+from app.inputs import detector_for, image_and_detector, processing_size, threshold_value, with_note
 from app.render import attention_overlay, grid_query_at, query_grid, slot_plot
+from core.boxes import box_xyxy_to_cxcywh
 from core.images import ImageError, load_image
 from core.inference import QueryOutputs, predict
-from core.loading import ModelLoadError
+from datasets.review import pixel_hash
 
 QUERY_HEADERS = ["query", "label", "score", "no-object", "x1", "y1", "x2", "y2", "passed"]
 CACHE_SIZE = 12
@@ -57,27 +57,14 @@ def inspected(key: str) -> Inspected:
     return item
 
 
-def _size(size) -> int | None:
-    size = int(size) if size else None
-    if size is not None and not 32 <= size <= 4096:
-        raise gr.Error(f"The processing size must be between 32 and 4096 pixels, got {size}.")
-    return size
-
-
 def run_queries(image, model_name: str, size: int | None, threshold: float):
     """Run the model once with all decoder layers' attention; returns
     ``(key, rows, grid picture, layer choices, head choices, status)``."""
-    if image is None:
-        raise gr.Error("Upload an image or pick an example in the Detect tab first.")
-    if threshold is None or not 0.0 <= float(threshold) <= 1.0:
-        raise gr.Error(f"The threshold must be between 0 and 1, got {threshold}.")
-    size = _size(size)
-    try:
-        picture = np.asarray(load_image(image))
-        detector = get_detector(model_name)
-    except (ImageError, ModelLoadError) as error:
-        raise gr.Error(str(error)) from None
-    key = hashlib.sha256(np.ascontiguousarray(picture).tobytes()).hexdigest()[:16] + f"|{detector.name}|{size}"
+    threshold, size = threshold_value(threshold), processing_size(size)
+    picture, detector = image_and_detector(image, model_name,
+                                           "Upload an image or pick an example in the Detect tab first.")
+    picture = np.asarray(picture)
+    key = pixel_hash(picture)[:16] + f"|{detector.name}|{size}"
     with _lock:
         cached = _cache.get(key)
     if cached is None:
@@ -88,14 +75,13 @@ def run_queries(image, model_name: str, size: int | None, threshold: float):
     _remember(key, cached)
     outputs = cached.outputs
     heads = next(iter(outputs.attention.values())).shape[0]
-    passed = int(outputs.passed(float(threshold)).sum())
-    status = (f"{outputs.num_queries} queries, {passed} at or above {float(threshold):.2f} · model "
+    passed = int(outputs.passed(threshold).sum())
+    status = (f"{outputs.num_queries} queries, {passed} at or above {threshold:.2f} · model "
               f"`{detector.name}` · {cached.seconds:.2f} s (computed once; selecting queries reuses it)")
-    if detector.note:
-        status = f"**Note:** {detector.note}\n\n{status}"
-    return (key, query_rows(outputs, float(threshold)), query_grid(outputs, float(threshold)),
+    return (key, query_rows(outputs, threshold), query_grid(outputs, threshold),
             gr.update(choices=[str(layer) for layer in sorted(outputs.attention)], value=str(max(outputs.attention))),
-            gr.update(choices=[MEAN_HEADS] + [str(h) for h in range(heads)], value=MEAN_HEADS), status)
+            gr.update(choices=[MEAN_HEADS] + [str(h) for h in range(heads)], value=MEAN_HEADS),
+            with_note(status, detector))
 
 
 def query_rows(outputs: QueryOutputs, threshold: float) -> list[list]:
@@ -116,12 +102,7 @@ def query_attention(key: str, query, layer=None, head=None, threshold: float = 0
     """
     item = inspected(key)
     outputs = item.outputs
-    try:
-        query = int(query)
-    except (TypeError, ValueError):
-        raise gr.Error(f"Pick a query: a number from 0 to {outputs.num_queries - 1}.") from None
-    if not 0 <= query < outputs.num_queries:
-        raise gr.Error(f"Query {query} does not exist; this model has queries 0 to {outputs.num_queries - 1}.")
+    query = query_index(outputs, query)
     layer = int(layer) if layer not in (None, "") else max(outputs.attention)
     head = None if head in (None, "", MEAN_HEADS) else int(head)
     try:
@@ -138,6 +119,17 @@ def query_attention(key: str, query, layer=None, head=None, threshold: float = 0
                "top classes: " + ", ".join(f"{names[i]} {outputs.probs[query, i]:.3f}" for i in top)
                + f" · no-object {outputs.no_object[query]:.3f}")
     return overlay, query_grid(outputs, float(threshold), selected=query), details
+
+
+def query_index(outputs: QueryOutputs, query) -> int:
+    """``query`` as a valid query number of ``outputs``, or a `gr.Error` saying which exist."""
+    try:
+        query = int(query)
+    except (TypeError, ValueError):
+        raise gr.Error(f"Pick a query: a number from 0 to {outputs.num_queries - 1}.") from None
+    if not 0 <= query < outputs.num_queries:
+        raise gr.Error(f"Query {query} does not exist; this model has queries 0 to {outputs.num_queries - 1}.")
+    return query
 
 
 def grid_select(key: str, evt: gr.SelectData) -> int:
@@ -159,11 +151,11 @@ def slot_specialization(images: list, model_name: str, slots_text: str, size: in
     """Fig. 7 of the DETR paper over ``images``: where each chosen slot puts its boxes."""
     if not images:
         raise gr.Error("Add images first: upload several in the Detect tab or send some to review.")
-    size = _size(size)
+    size = processing_size(size)
+    detector = detector_for(model_name)
     try:
-        detector = get_detector(model_name)
         pictures = [load_image(image) for image in images]
-    except (ImageError, ModelLoadError) as error:
+    except ImageError as error:
         raise gr.Error(str(error)) from None
     num_queries = detector.model.config.num_queries
     slots = parse_slots(slots_text, num_queries)
@@ -171,9 +163,9 @@ def slot_specialization(images: list, model_name: str, slots_text: str, size: in
     centers, sizes = [], []
     for out in outputs:
         width, height = out.image_size
-        boxes = out.boxes / np.array([width, height, width, height])
-        centers.append(np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], -1))
-        sizes.append(np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], -1))
+        boxes = box_xyxy_to_cxcywh(out.boxes / np.array([width, height, width, height]))
+        centers.append(boxes[:, :2])
+        sizes.append(boxes[:, 2:])
     return slot_plot(np.stack(centers), np.stack(sizes), slots,
                      f"{detector.name}: box centres of {len(slots)} slots over {len(outputs)} images")
 

@@ -16,14 +16,15 @@ import gradio as gr
 import numpy as np
 import supervision as sv
 
-from app.models import get_detector
-from app.queries import inspected
+from app.inputs import detector_for, image_and_detector, processing_size, threshold_value
+from app.queries import inspected, query_index
 from app.render import class_color, pr_curves
 from core.images import ImageError, load_image
-from core.inference import predict
-from core.loading import ModelLoadError
+from core.inference import QueryOutputs, predict
 from datasets.coco import CocoError, export_reviewed, list_images, read_coco
-from datasets.review import DEFAULT_DATASET, ReviewError, ReviewStore, default_data_dir
+from datasets.review import DEFAULT_DATASET, ReviewError, ReviewStore, check_boxes, default_data_dir
+
+STORED_SCORE_FLOOR = 0.05  # predictions stored with a sample: all at or above this (or the threshold, if lower)
 
 _lock = threading.RLock()  # store() is also called while holding it
 _settings = {"dataset": DEFAULT_DATASET, "data_dir": None}
@@ -90,13 +91,12 @@ def editor_detections(value: dict | None) -> sv.Detections:
     return sv.Detections(xyxy=xyxy, data={"class_name": names})
 
 
-def _status(item, note: str = "") -> str:
+def _status(item) -> str:
     who = f" by {html.escape(item.reviewer)}" if item.reviewer else ""
     when = f" at {item.time:%Y-%m-%d %H:%M} UTC" if item.time else ""
     counts = store().counts()
-    text = (f"Sample `{item.sample_id}` · **{item.status}**{who}{when} · revision {item.revision} · "
+    return (f"Sample `{item.sample_id}` · **{item.status}**{who}{when} · revision {item.revision} · "
             f"{counts['reviewed']} reviewed, {counts['to_review']} to review")
-    return f"{note}\n\n{text}" if note else text
 
 
 def load_sample(sample_id: str, threshold: float = 0.5):
@@ -119,20 +119,16 @@ def load_sample(sample_id: str, threshold: float = 0.5):
 
 def send_to_review(image, model_name: str, threshold: float, size: int | None = None):
     """Add the Detect tab's image and its predictions to the review dataset and open it in the editor."""
-    if image is None:
-        raise gr.Error("Upload an image or pick an example first.")
-    try:
-        picture = load_image(image)
-        detector = get_detector(model_name)
-    except (ImageError, ModelLoadError) as error:
-        raise gr.Error(str(error)) from None
-    outputs = predict(detector, [picture], shortest_edge=int(size) if size else None)[0]
-    # Store everything above a low floor so a reviewer can lower the threshold later without rerunning.
-    sample_id = _add(picture, outputs.to_detections(min(0.05, float(threshold))), detector)
-    return load_sample(sample_id, threshold)
+    threshold, size = threshold_value(threshold), processing_size(size)
+    picture, detector = image_and_detector(image, model_name)
+    outputs = predict(detector, [picture], shortest_edge=size)[0]
+    return load_sample(_add(picture, outputs, detector, threshold), threshold)
 
 
-def _add(picture, detections: sv.Detections, detector, ground_truth=None) -> str:
+def _add(picture, outputs: QueryOutputs, detector, threshold: float, ground_truth=None) -> str:
+    """Store ``picture`` with the model's predictions; returns the sample id."""
+    # Everything above a low floor is stored, so a reviewer can lower the threshold without rerunning.
+    detections = outputs.to_detections(min(STORED_SCORE_FLOOR, threshold))
     try:
         return store().add_image(picture, detections, model_version=detector.name, labels=detector.labels,
                                  ground_truth=ground_truth)
@@ -183,20 +179,14 @@ def promote_query(key: str, query, sample_id: str | None, value: dict | None, th
     """Add one query's box and top class to the review of its image (opening it in the editor)."""
     item = inspected(key)
     outputs = item.outputs
-    try:
-        query = int(query)
-    except (TypeError, ValueError):
-        raise gr.Error("Select a query first (click the grid or a table row).") from None
-    if not 0 <= query < outputs.num_queries:
-        raise gr.Error(f"Query {query} does not exist; this model has queries 0 to {outputs.num_queries - 1}.")
+    query = query_index(outputs, query)
+    threshold = threshold_value(threshold)
     image_id = store().find(item.image)
     if image_id is None:
-        detector = get_detector(item.model_name)
-        image_id = _add(item.image, outputs.to_detections(min(0.05, float(threshold))), detector)
+        image_id = _add(item.image, outputs, detector_for(item.model_name), threshold)
     if image_id == sample_id and value and value.get("image") is not None:
-        current = value
-        revision = store().get(image_id).revision
-        status = _status(store().get(image_id))
+        current, stored = value, store().get(image_id)
+        revision, status = stored.revision, _status(stored)
     else:
         current, image_id, revision, status = load_sample(image_id, threshold)
     label = outputs.labels[int(outputs.label_ids[query])]
@@ -217,11 +207,12 @@ def review_counts() -> str:
 
 def import_folder(folder: str, model_name: str, threshold: float, size: int | None = None) -> str:
     """Add every image under ``folder``, pre-annotated by the model; unreadable files are listed."""
+    threshold, size = threshold_value(threshold), processing_size(size)
     try:
         paths = list_images(folder)
-        detector = get_detector(model_name)
-    except (CocoError, ModelLoadError) as error:
+    except CocoError as error:
         raise gr.Error(str(error)) from None
+    detector = detector_for(model_name)
     added, problems = 0, []
     for path in paths:
         try:
@@ -229,8 +220,7 @@ def import_folder(folder: str, model_name: str, threshold: float, size: int | No
         except ImageError as error:
             problems.append(f"{path.name}: {error}")
             continue
-        outputs = predict(detector, [picture], shortest_edge=int(size) if size else None)[0]
-        _add(picture, outputs.to_detections(min(0.05, float(threshold))), detector)
+        _add(picture, predict(detector, [picture], shortest_edge=size)[0], detector, threshold)
         added += 1
     report = f"Imported {added} of {len(paths)} images from {html.escape(str(folder))}."
     if problems:
@@ -242,20 +232,22 @@ def import_coco(annotations: str, images_dir: str | None, model_name: str, thres
                 size: int | None = None) -> str:
     """Import a COCO dataset: its boxes become ``ground_truth`` (status ``imported``), the model's
     output ``predictions``. The whole file is checked before anything is written."""
+    threshold, size = threshold_value(threshold), processing_size(size)
     try:
         labels, images = read_coco(annotations, images_dir or None)
-        detector = get_detector(model_name)
         pictures = [load_image(image.path) for image in images]
-    except (CocoError, ModelLoadError, ImageError) as error:
+    except (CocoError, ImageError) as error:
         raise gr.Error(str(error)) from None
-    for image, picture in zip(images, pictures):
-        width, height = picture.size
-        if len(image.ground_truth) and (image.ground_truth.xyxy[:, 2:] > np.array([width, height]) + 1).any():
-            raise gr.Error(f"{image.path.name} has a box outside its {width}x{height} pixels; fix the COCO file.")
+    detector = detector_for(model_name)
+    for image, picture in zip(images, pictures):  # the store's own box checks, on every image before any write
+        try:
+            check_boxes(image.ground_truth, *picture.size)
+        except ReviewError as error:
+            raise gr.Error(f"{image.path.name}: {error} Fix the COCO file; nothing was imported.") from None
     store().add_labels(labels)
     for image, picture in zip(images, pictures):
-        outputs = predict(detector, [picture], shortest_edge=int(size) if size else None)[0]
-        _add(picture, outputs.to_detections(min(0.05, float(threshold))), detector, ground_truth=image.ground_truth)
+        _add(picture, predict(detector, [picture], shortest_edge=size)[0], detector, threshold,
+             ground_truth=image.ground_truth)
     return f"Imported {len(images)} images with {len(labels)} categories.\n\n{review_counts()}"
 
 

@@ -24,6 +24,7 @@ database through ``FIFTYONE_DATABASE_URI``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -209,6 +210,15 @@ def from_fiftyone(labels, width: int, height: int, classes: list[str]) -> sv.Det
     )
 
 
+def _review_record(status: str, reviewer: object, revision: int):
+    """The ``review`` field of a save or undo made now by ``reviewer`` (one line, at most 64 characters)."""
+    import fiftyone as fo
+
+    name = " ".join(str(reviewer or "").split())[:64] or "anonymous"
+    return fo.DynamicEmbeddedDocument(status=status, reviewer=name, time=datetime.now(timezone.utc).replace(tzinfo=None),
+                                      revision=revision)
+
+
 def _serialized(method):
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
@@ -292,7 +302,7 @@ class ReviewStore:
         """Append class names the label space lacks, keeping its order (ids never move)."""
         names = [clean_label(name) for name in names]
         known = self.labels
-        new = [name for name in dict.fromkeys(str(n) for n in names) if name not in known]
+        new = [name for name in dict.fromkeys(names) if name not in known]
         if new:
             self.dataset.default_classes = known + new
             self.dataset.save()
@@ -313,9 +323,12 @@ class ReviewStore:
     @_serialized
     def find(self, image: Image.Image | np.ndarray) -> str | None:
         """The sample id of this exact image, if it was added before."""
+        return self._find_hash(pixel_hash(_rgb(image)))
+
+    def _find_hash(self, digest: str) -> str | None:
         from fiftyone import ViewField
 
-        match = self.dataset.match(ViewField("content_hash") == pixel_hash(_rgb(image)))
+        match = self.dataset.match(ViewField("content_hash") == digest)
         return str(match.first().id) if len(match) else None
 
     @_serialized
@@ -344,7 +357,7 @@ class ReviewStore:
                             + (list(ground_truth.data["class_name"]) if ground_truth is not None else []))
         fo_predictions = to_fiftyone(predictions, width, height, model_version)
         top = float(np.max(predictions.confidence)) if len(predictions) and predictions.confidence is not None else 0.0
-        existing = self.find(array)
+        existing = self._find_hash(digest)
         if existing is not None:
             sample = self.dataset[existing]
             sample["predictions"] = fo_predictions
@@ -389,6 +402,19 @@ class ReviewStore:
             time=review["time"],
         )
 
+    @contextlib.contextmanager
+    def _claimed(self, sample_id: str, revision: int):
+        """Claim ``revision`` (see `_claim`) and yield the sample, reloaded, to change and save;
+        if that fails, the claim is given back and the stored sample is as it was."""
+        self._claim(sample_id, revision)
+        try:
+            sample = self._sample(sample_id)
+            sample.reload()
+            yield sample
+        except BaseException:
+            self._release(sample_id, revision)
+            raise
+
     def _claim(self, sample_id: str, revision: int) -> None:
         """Atomically move ``review.revision`` from ``revision`` to ``revision + 1``, or refuse."""
         from bson import ObjectId
@@ -427,13 +453,10 @@ class ReviewStore:
         """
         import fiftyone as fo
 
-        reviewer = " ".join(str(reviewer or "").split())[:64] or "anonymous"
         sample = self._sample(sample_id)
         width, height = sample.metadata.width, sample.metadata.height
         boxes = check_boxes(boxes, width, height)
-        self._claim(sample_id, revision)
-        try:
-            sample.reload()
+        with self._claimed(sample_id, revision) as sample:
             previous = sample["review"]
             history = list(sample["review_history"] or [])
             history.append(fo.DynamicEmbeddedDocument(
@@ -442,44 +465,27 @@ class ReviewStore:
             ))
             self.add_labels(boxes.data["class_name"])
             sample["ground_truth"] = to_fiftyone(boxes, width, height)
-            sample["review"] = fo.DynamicEmbeddedDocument(
-                status=STATUS_REVIEWED, reviewer=reviewer, time=datetime.now(timezone.utc).replace(tzinfo=None),
-                revision=revision + 1,
-            )
+            sample["review"] = _review_record(STATUS_REVIEWED, reviewer, revision + 1)
             sample["review_history"] = history
             if REVIEWED_TAG not in sample.tags:
                 sample.tags.append(REVIEWED_TAG)
             sample.save()  # one update of the whole sample
-        except Exception:
-            self._release(sample_id, revision)
-            raise
         return revision + 1
 
     @_serialized
     def undo(self, sample_id: str, revision: int, reviewer: str) -> int:
         """Restore the previous revision's truth and status (itself a new revision); returns it."""
-        import fiftyone as fo
-
-        sample = self._sample(sample_id)
-        if not sample["review_history"]:
+        if not self._sample(sample_id)["review_history"]:
             raise ReviewError("there is nothing to undo: this sample was never saved.")
-        self._claim(sample_id, revision)
-        try:
-            sample.reload()
+        with self._claimed(sample_id, revision) as sample:
             history = list(sample["review_history"])
             previous = history.pop()
             sample["ground_truth"] = previous["ground_truth"]
-            sample["review"] = fo.DynamicEmbeddedDocument(
-                status=previous["status"], reviewer=" ".join(str(reviewer or "").split())[:64] or "anonymous",
-                time=datetime.now(timezone.utc).replace(tzinfo=None), revision=revision + 1,
-            )
+            sample["review"] = _review_record(previous["status"], reviewer, revision + 1)
             sample["review_history"] = history
             if previous["status"] != STATUS_REVIEWED and REVIEWED_TAG in sample.tags:
                 sample.tags.remove(REVIEWED_TAG)
             sample.save()
-        except Exception:
-            self._release(sample_id, revision)
-            raise
         return revision + 1
 
     # ---- reading -----------------------------------------------------------------------------

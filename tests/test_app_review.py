@@ -179,3 +179,16 @@ def test_open_in_fiftyone_serves_the_dataset(review_store, tiny_detr_dir):
     assert f"http://127.0.0.1:{port}/" in message and review_store.dataset.name in message
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60) as response:
         assert response.status == 200 and b"<html" in response.read().lower()
+
+
+def test_import_coco_refuses_a_box_outside_any_image_before_writing(review_store, tiny_detr_dir, tmp_path):
+    """The store's box checks run on every image first: a bad box in the last image imports nothing."""
+    directory = tmp_path / "coco"
+    write_coco(directory, count=3, first_seed=60)
+    path = directory / "annotations.json"
+    document = json.loads(path.read_text())
+    document["annotations"][-1]["bbox"] = [-40.0, 5.0, 30.0, 30.0]  # starts 40 px left of the image
+    path.write_text(json.dumps(document))
+    with pytest.raises(gr.Error, match="lies outside .* nothing was imported"):
+        review.import_coco(str(path), "", str(tiny_detr_dir), 0.5, 256)
+    assert len(review_store.dataset) == 0

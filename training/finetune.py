@@ -98,13 +98,18 @@ class FinetuneResult:
     seconds: float = 0.0
 
 
+def _hash_position(sample_id: str) -> float:
+    """Where ``sample_id`` falls in [0, 1): the first 32 bits of its SHA-256."""
+    return int(hashlib.sha256(sample_id.encode()).hexdigest()[:8], 16) / 2**32
+
+
 def is_validation(sample_id: str, fraction: float) -> bool:
     """Stable split: the same id is always on the same side, whatever else is in the dataset.
 
     >>> is_validation("6b01be74926933e4180648e3", 0.2) == is_validation("6b01be74926933e4180648e3", 0.2)
     True
     """
-    return int(hashlib.sha256(sample_id.encode()).hexdigest()[:8], 16) / 2**32 < fraction
+    return _hash_position(sample_id) < fraction
 
 
 def _name(view) -> str:
@@ -230,7 +235,7 @@ def finetune(
     samples = reviewed_samples(view)
     val_ids = {s.sample_id for s in samples if is_validation(s.sample_id, config.val_fraction)}
     if not val_ids and len(samples) >= 5:  # small sets: the sample lowest in the hash order validates
-        val_ids = {min((s.sample_id for s in samples), key=lambda i: hashlib.sha256(i.encode()).hexdigest())}
+        val_ids = {min((s.sample_id for s in samples), key=_hash_position)}
     train_set = [s for s in samples if s.sample_id not in val_ids]
     val_set = [s for s in samples if s.sample_id in val_ids]
     if len(train_set) < 2 or not val_set:
@@ -343,6 +348,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                             help=f"default {item.default}")
 
 
+def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
+    """The `FinetuneConfig` that `add_config_flags` flags describe."""
+    return FinetuneConfig(**{item.name: getattr(args, item.name) for item in fields(FinetuneConfig)})
+
+
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
@@ -364,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no FiftyOne dataset {args.dataset!r}; known: {', '.join(fo.list_datasets()) or 'none'}",
               file=sys.stderr)
         return 2
-    config = FinetuneConfig(**{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)})
+    config = config_from_args(args)
     bar = tqdm(total=None, unit="step", dynamic_ncols=True)
 
     def report(p: Progress) -> None:

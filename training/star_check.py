@@ -21,7 +21,6 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from core.evaluate import Metrics, evaluate_model
 from core.inference import predict
 from core.loading import load_detector
 from datasets.shapes import ShapesSpec, generate_sample, write_coco
-from training.finetune import FinetuneConfig, FinetuneResult, add_config_flags, finetune
+from training.finetune import FinetuneConfig, FinetuneResult, add_config_flags, config_from_args, finetune
 
 REVIEW_FIRST_SEED, HELD_OUT_FIRST_SEED = 2_000_000, 3_000_000
 
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from datasets.review import configure_fiftyone
 
     configure_fiftyone(args.data_dir or args.work / "data")
-    config = FinetuneConfig(**{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)})
+    config = config_from_args(args)
     started = time.perf_counter()
     result, before, after = run(args.reviewed, args.held_out, args.work, config)
     minutes = (time.perf_counter() - started) / 60

@@ -1,0 +1,50 @@
+"""What every tab checks in what the user entered: the threshold, the processing size, the image and
+the model. One place, so the tabs refuse the same input with the same message."""
+
+from __future__ import annotations
+
+import gradio as gr
+from PIL import Image
+
+from app.models import get_detector
+from core.images import ImageError, load_image
+from core.loading import Detector, ModelLoadError
+
+NO_IMAGE = "Upload an image or pick an example first."
+
+
+def threshold_value(threshold) -> float:
+    if threshold is None or not 0.0 <= float(threshold) <= 1.0:
+        raise gr.Error(f"The threshold must be between 0 and 1, got {threshold}.")
+    return float(threshold)
+
+
+def processing_size(size) -> int | None:
+    """The shortest edge to resize to; None (0 from the slider) keeps the model's own."""
+    size = int(size) if size else None
+    if size is not None and not 32 <= size <= 4096:
+        raise gr.Error(f"The processing size must be between 32 and 4096 pixels, got {size}.")
+    return size
+
+
+def detector_for(model_name: str) -> Detector:
+    try:
+        return get_detector(model_name)
+    except ModelLoadError as error:
+        raise gr.Error(str(error)) from None
+
+
+def image_and_detector(image, model_name: str, missing: str = NO_IMAGE) -> tuple[Image.Image, Detector]:
+    """The decoded image and the loaded model, or a `gr.Error` saying what is wrong."""
+    if image is None:
+        raise gr.Error(missing)
+    try:
+        picture = load_image(image)
+    except ImageError as error:
+        raise gr.Error(str(error)) from None
+    return picture, detector_for(model_name)
+
+
+def with_note(status: str, detector: Detector) -> str:
+    """``status`` led by the detector's note (e.g. why the bundled model stands in), if it has one."""
+    return f"**Note:** {detector.note}\n\n{status}" if detector.note else status
