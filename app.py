@@ -25,7 +25,11 @@ def main() -> None:
                         "/data/detr-studio on Spaces, else ~/.detr-studio)")
     parser.add_argument("--dataset", default=os.environ.get("DETR_STUDIO_DATASET", DEFAULT_DATASET),
                         help="name of the FiftyOne review dataset")
+    parser.add_argument("--cpu-bf16", action="store_true", help="run models on CPU under bf16 autocast (~1.8x "
+                        "faster where the CPU has AVX512-BF16 or AMX; scores move by ~1e-2); or DETR_STUDIO_CPU_BF16=1")
     args = parser.parse_args()
+    if args.cpu_bf16:
+        os.environ["DETR_STUDIO_CPU_BF16"] = "1"
     if args.model:
         os.environ["DETR_STUDIO_MODEL"] = args.model
     data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()

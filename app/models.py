@@ -46,4 +46,5 @@ def get_detector(name: str) -> Detector:
                 _cache[name] = detector
             else:
                 _cache[name] = load_detector_or_bundled(name)
+            _cache[name].cpu_bf16 = os.environ.get("DETR_STUDIO_CPU_BF16", "") == "1"
         return _cache[name]

@@ -18,6 +18,7 @@ import gradio as gr
 import matplotlib.pyplot as plt
 
 from app import review
+from core.train import TRAINABLE
 from training.finetune import FinetuneConfig, FinetuneError, finetune, per_class_table, reviewed_samples
 from training.registry import RegistryError
 
@@ -67,12 +68,14 @@ def _plot(history: list[dict], losses: list[tuple[int, float]]):
     return figure
 
 
-def start_finetune(base: str, epochs: int, lr: float):
+def start_finetune(base: str, epochs: int, lr: float, trainable: str = FinetuneConfig.trainable):
     """Run a fine-tune of ``base`` on the reviewed samples; yields ``(status, plot, table, new model)``."""
     global _job
     if public_space_without_login():
         raise gr.Error("Fine-tuning is disabled on a public Space without login.")
-    config = FinetuneConfig(epochs=int(epochs), lr=float(lr), lr_backbone=float(lr) / 10)
+    if trainable not in TRAINABLE:
+        raise gr.Error(f"What trains must be one of {', '.join(TRAINABLE)}; got {trainable!r}.")
+    config = FinetuneConfig(epochs=int(epochs), lr=float(lr), lr_backbone=float(lr) / 10, trainable=trainable)
     with _lock:
         if _job is not None:
             minutes = (time.time() - _job.started) / 60

@@ -16,7 +16,7 @@ from app.detect import DETECTION_HEADERS, detect, detect_batch, model_labels
 from app.models import default_model, model_choices
 from app.render import class_color
 from core.loading import ASSETS_DIR
-from training.finetune import FinetuneConfig
+from training.finetune import SUGGESTED_LR, FinetuneConfig
 
 EXAMPLES_DIR = ASSETS_DIR / "examples"
 MAX_UPLOAD = "50mb"
@@ -177,6 +177,8 @@ def _train_tab(model):
     with gr.Row():
         epochs = gr.Slider(1, 200, value=FinetuneConfig.epochs, step=1,
                            label="Epochs at most (early stopping on validation AP)")
+        trainable = gr.Dropdown(list(SUGGESTED_LR), value=FinetuneConfig.trainable, elem_id="train-trainable",
+                                label="What trains (heads: best with tens of images; all: with hundreds)")
         lr = gr.Number(value=FinetuneConfig.lr, label="Learning rate (backbone: a tenth)", minimum=1e-6, maximum=1e-2)
     with gr.Row():
         start = gr.Button("Fine-tune on reviewed data", variant="primary", elem_id="train-start",
@@ -200,7 +202,8 @@ def _train_tab(model):
 
     refresh = dict(fn=lambda: (train.training_summary(), train.versions_table()), outputs=[summary, versions],
                    api_name=False)
-    start.click(train.start_finetune, inputs=[model, epochs, lr], outputs=[status, plot, table, new_version],
+    trainable.change(SUGGESTED_LR.get, inputs=[trainable], outputs=[lr], api_name=False)
+    start.click(train.start_finetune, inputs=[model, epochs, lr, trainable], outputs=[status, plot, table, new_version],
                 api_name="finetune").then(**refresh)
     cancel.click(train.cancel_finetune, outputs=[status], api_name="cancel_finetune")
     use.click(select_model, inputs=[new_version], outputs=[model], api_name=False)

@@ -19,16 +19,21 @@ import torch
 ArrayOrTensor = torch.Tensor | np.ndarray
 
 
-def _stack(parts: list, like: ArrayOrTensor) -> ArrayOrTensor:
+def _stack(parts: list, like: ArrayOrTensor, dim: int = -1) -> ArrayOrTensor:
     if isinstance(like, torch.Tensor):
-        return torch.stack(parts, dim=-1)
-    return np.stack(parts, axis=-1)
+        return torch.stack(parts, dim=dim)
+    return np.stack(parts, axis=dim)
 
 
-def box_cxcywh_to_xyxy(boxes: ArrayOrTensor) -> ArrayOrTensor:
-    """``[..., 4]`` centre/size boxes to corner boxes, in the same units."""
-    cx, cy, w, h = (boxes[..., i] for i in range(4))
-    return _stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], boxes)
+def _coordinates(boxes: ArrayOrTensor, dim: int) -> tuple:
+    return tuple(boxes.unbind(dim)) if isinstance(boxes, torch.Tensor) else tuple(np.moveaxis(boxes, dim, 0))
+
+
+def box_cxcywh_to_xyxy(boxes: ArrayOrTensor, dim: int = -1) -> ArrayOrTensor:
+    """Centre/size boxes to corner boxes, in the same units; the 4 coordinates lie along ``dim``
+    (``[..., 4]`` by default; the matcher keeps them in planes, ``[4, ...]``, for speed)."""
+    cx, cy, w, h = _coordinates(boxes, dim)
+    return _stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], boxes, dim)
 
 
 def box_xyxy_to_cxcywh(boxes: ArrayOrTensor) -> ArrayOrTensor:
@@ -62,38 +67,47 @@ def box_xyxy_to_xywhn(boxes: ArrayOrTensor, width: float, height: float) -> Arra
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """Area of ``[N, 4]`` xyxy boxes; inverted boxes count as zero, not negative."""
-    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    """Area of ``[..., 4]`` xyxy boxes; inverted boxes count as zero, not negative."""
+    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
 
 
-def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairwise IoU of ``[N, 4]`` and ``[M, 4]`` xyxy boxes.
+def paired_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """IoU of corresponding xyxy boxes (broadcast; coordinates along ``dim``) -> ``(iou, union)``.
 
-    Returns ``(iou [N, M], union [N, M])``; the union is returned because GIoU needs it.
     Two zero-area boxes have IoU 0 (their union is 0; we divide by a tiny epsilon instead of
-    producing NaN).
+    producing NaN). The union is returned because GIoU needs it.
     """
-    area1, area2 = box_area(boxes1), box_area(boxes2)
-    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # [N, M, 2]
-    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])  # [N, M, 2]
-    wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area1[:, None] + area2[None, :] - inter
+    ax0, ay0, ax1, ay1 = boxes1.unbind(dim)
+    bx0, by0, bx1, by1 = boxes2.unbind(dim)
+    inter = ((torch.min(ax1, bx1) - torch.max(ax0, bx0)).clamp(min=0)
+             * (torch.min(ay1, by1) - torch.max(ay0, by0)).clamp(min=0))
+    union = (ax1 - ax0).clamp(min=0) * (ay1 - ay0).clamp(min=0) + (bx1 - bx0).clamp(min=0) * (by1 - by0).clamp(min=0)
+    union = union - inter
     return inter / union.clamp(min=torch.finfo(union.dtype).tiny), union
 
 
-def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """Pairwise generalized IoU (https://giou.stanford.edu/) of ``[N, 4]`` and ``[M, 4]`` xyxy boxes.
+def paired_generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Generalized IoU (https://giou.stanford.edu/) of corresponding xyxy boxes, broadcast, in [-1, 1].
 
-    Returns ``[N, M]`` in [-1, 1]. Boxes must not be inverted (x1 < x0); callers validate user
-    boxes before they get here, so this only guards against the degenerate enclosing box.
+    Boxes must not be inverted (x1 < x0); callers validate user boxes before they get here, so
+    this only guards against the degenerate enclosing box.
     """
-    iou, union = box_iou(boxes1, boxes2)
-    top_left = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
-    enclosing = wh[..., 0] * wh[..., 1]
+    iou, union = paired_box_iou(boxes1, boxes2, dim)
+    ax0, ay0, ax1, ay1 = boxes1.unbind(dim)
+    bx0, by0, bx1, by1 = boxes2.unbind(dim)
+    enclosing = ((torch.max(ax1, bx1) - torch.min(ax0, bx0)).clamp(min=0)
+                 * (torch.max(ay1, by1) - torch.min(ay0, by0)).clamp(min=0))
     return iou - (enclosing - union) / enclosing.clamp(min=torch.finfo(enclosing.dtype).tiny)
+
+
+def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairwise IoU of ``[N, 4]`` and ``[M, 4]`` xyxy boxes -> ``(iou [N, M], union [N, M])``."""
+    return paired_box_iou(boxes1[:, None], boxes2[None])
+
+
+def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Pairwise generalized IoU of ``[N, 4]`` and ``[M, 4]`` xyxy boxes -> ``[N, M]``."""
+    return paired_generalized_box_iou(boxes1[:, None], boxes2[None])
 
 
 def clip_boxes_xyxy(boxes: torch.Tensor, width: float, height: float) -> torch.Tensor:

@@ -134,10 +134,11 @@ def _run_batch(
     model = detector.model
     device = detector.device
     batch = preprocess(images, detector.preprocess, device, shortest_edge, longest_edge)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    bf16 = device.type == "cuda" or (device.type == "cpu" and detector.cpu_bf16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     with torch.inference_mode(), autocast:
         outputs = model(
-            pixel_values=batch.pixel_values,
+            pixel_values=batch.pixel_values.contiguous(memory_format=torch.channels_last),
             pixel_mask=batch.pixel_mask,
             output_attentions=bool(attention_layers),
         )

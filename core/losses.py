@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+from core.boxes import box_cxcywh_to_xyxy, paired_generalized_box_iou
 from core.matcher import HungarianMatcher, Matches
 
 
@@ -144,7 +144,7 @@ class SetCriterion(nn.Module):
             zero = boxes.sum() * 0  # keeps the graph (and DDP's gradient hooks) intact
             return zero, zero
         l1 = F.l1_loss(source, target, reduction="sum") / num_boxes
-        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(source), box_cxcywh_to_xyxy(target)))
+        giou = paired_generalized_box_iou(box_cxcywh_to_xyxy(source), box_cxcywh_to_xyxy(target))
         return l1, (1 - giou).sum() / num_boxes
 
     def forward(self, logits: torch.Tensor, boxes: torch.Tensor,

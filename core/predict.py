@@ -101,6 +101,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output directory (default: predictions)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="on CPU, run under bf16 autocast (~1.8x faster with AVX512-BF16/AMX; scores move ~1e-2)")
     return parser.parse_args(argv)
 
 
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         _validate(args)
         images = [load_image(path) for path in args.images]  # fail on a bad image before loading a model
         detector = load_detector_or_bundled(args.model, args.device)
+        detector.cpu_bf16 = args.cpu_bf16
     except (ValueError, ImageError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -2,8 +2,9 @@
 
     result = train(model, kind, dataset, TrainConfig(epochs=10), progress=print)
 
-- AdamW with a lower backbone learning rate, weight decay, gradient clipping, optional frozen
-  backbone; bf16 autocast (through Accelerate), channels-last and fused AdamW on CUDA; fp32 on CPU.
+- AdamW with a lower backbone learning rate, weight decay, gradient clipping; the whole model or
+  only part of it trains (``trainable``: all, transformer, decoder, heads); bf16 autocast
+  (through Accelerate), channels-last and fused AdamW on CUDA; fp32 on CPU.
 - A non-finite loss skips the step; ``max_nonfinite`` in a row stop training with the step named.
 - ``progress`` gets a `Progress` every ``log_every`` steps; ``cancel`` (a `threading.Event`) is
   checked before every step.
@@ -50,7 +51,7 @@ class TrainConfig:
     grad_clip: float = 0.1  # max gradient norm; 0 disables clipping
     schedule: str = "constant"  # or "cosine" (decays to 1% of lr), both after `warmup_steps`
     warmup_steps: int = 0
-    freeze_backbone: bool = False  # train only the transformer and heads
+    trainable: str = "all"  # "all", "transformer" (backbone frozen), "decoder" (and heads), "heads" (class + box)
     freeze_stem: bool = True  # DETR's choice for a pretrained ResNet: stem and first stage stay fixed
     shortest_edge: int = 800
     longest_edge: int = 1333
@@ -121,12 +122,22 @@ class AllDecoderLayers(nn.Module):
         return logits, raw.sigmoid()
 
 
+TRAINABLE = {
+    "all": lambda name: True,
+    "transformer": lambda name: ".backbone." not in f".{name}",
+    "decoder": lambda name: any(part in name for part in ("decoder", "query", "class_labels", "bbox_predictor")),
+    "heads": lambda name: "class_labels_classifier" in name or "bbox_predictor" in name,
+}
+
+
 def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """AdamW groups; sets ``requires_grad`` from ``config.trainable`` and ``freeze_stem``."""
+    if config.trainable not in TRAINABLE:
+        raise ValueError(f"trainable must be one of {', '.join(TRAINABLE)}; got {config.trainable!r}.")
     backbone, rest = [], []
     for name, parameter in model.named_parameters():
-        if ".backbone." in f".{name}":
-            stem = ".embedder." in name or ".stages.0." in name
-            parameter.requires_grad_(not config.freeze_backbone and not (config.freeze_stem and stem))
+        stem = ".backbone." in f".{name}" and (".embedder." in name or ".stages.0." in name)
+        parameter.requires_grad_(TRAINABLE[config.trainable](name) and not (config.freeze_stem and stem))
         if not parameter.requires_grad:
             continue
         (backbone if ".backbone." in f".{name}" else rest).append(parameter)

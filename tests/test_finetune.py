@@ -121,7 +121,11 @@ def test_shortened_end_to_end_learns_the_new_class(review_store, tmp_path):
     assert len(info["train_ids"]) + len(info["val_ids"]) == 32
     assert info["metrics"]["before"]["per_class"]["star"] in (0.0, -1.0)
     held_out = write_coco(tmp_path / "held_out", 24, 3_000_000, ShapesSpec(with_star=True))
+    before = evaluate_model(load_detector("bundled"), held_out.parent)
     after = evaluate_model(load_detector(version.path), held_out.parent)
-    # Before, the model had no star class at all (AP 0). 40 short epochs give a small but real AP
-    # (0.021 measured on 2 CPU cores); the full check (`python -m training.star_check`) goes further.
-    assert after.per_class["star"] > 0.005, after.table()
+    print("shortened star check, before:", before.per_class, "after:", after.per_class)
+    # Before, the model had no star class at all (AP 0). 40 short epochs of the heads give a real
+    # AP (0.36 measured on 2 CPU cores); the full check (`python -m training.star_check`) has the table.
+    assert after.per_class["star"] > 0.1, after.table()
+    for name in ("circle", "square", "triangle"):  # training the heads only must not wreck the old classes
+        assert after.per_class[name] > before.per_class[name] - 0.2, (name, before.table(), after.table())

@@ -33,8 +33,11 @@ def test_round_trip_gives_identical_outputs(tmp_path, kind):
     with torch.no_grad():
         a = reference(pixel_values=pixels, pixel_mask=mask)
         b = detector.model(pixel_values=pixels, pixel_mask=mask)
-    assert torch.equal(a.logits, b.logits)
-    assert torch.equal(a.pred_boxes, b.pred_boxes)
+    loaded = detector.model.state_dict()
+    assert all(torch.equal(value, loaded[key]) for key, value in reference.state_dict().items())
+    # Same weights; the loader puts the model in channels-last, which only reorders float sums.
+    assert torch.allclose(a.logits, b.logits, rtol=1e-3, atol=1e-3)
+    assert torch.allclose(a.pred_boxes, b.pred_boxes, atol=1e-4)
 
 
 def _native_name(timm_key: str) -> str | None:

@@ -66,8 +66,28 @@ def test_backbone_is_trained_unless_frozen():
     assert any(not torch.equal(before[k], after[k]) for k in before)  # transformers alone would freeze it all
     frozen = tiny()
     before = {k: v.clone() for k, v in frozen.state_dict().items() if ".backbone." in k}
-    train(frozen, "detr", ShapesDataset(4), quick(max_steps=2, freeze_backbone=True))
+    train(frozen, "detr", ShapesDataset(4), quick(max_steps=2, trainable="transformer"))
     assert all(torch.equal(before[k], frozen.state_dict()[k]) for k in before)
+
+
+@pytest.mark.parametrize("trainable, changes, stays", [
+    ("heads", ["class_labels_classifier", "bbox_predictor"], ["model.decoder.", "model.encoder.", "model.backbone."]),
+    ("decoder", ["model.decoder.layers.", "class_labels_classifier"], ["model.encoder.", "model.backbone."]),
+])
+def test_trainable_parts(trainable, changes, stays):
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, "detr", ShapesDataset(4), quick(max_steps=2, trainable=trainable))
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    for part in changes:
+        assert any(part in k for k in moved), part
+    for part in stays:
+        assert not any(part in k for k in moved), part
+
+
+def test_unknown_trainable_part_is_refused():
+    with pytest.raises(ValueError, match="trainable must be one of"):
+        train(tiny(), "detr", ShapesDataset(2), quick(max_steps=1, trainable="everything"))
 
 
 def test_resume_after_a_crash_continues_at_the_right_step(tmp_path):
