@@ -38,10 +38,12 @@ def main() -> None:
     print(f"DETR Studio data: {data_dir} (review dataset {args.dataset!r}; {where})", flush=True)
 
     from app import review
-    from app.ui import build_app, launch_options
+    from app.ui import build_app, launch
 
     review.configure(args.dataset, data_dir)
-    build_app().queue().launch(server_name=args.host, server_port=args.port, **launch_options(data_dir))
+    demo = launch(build_app(), data_dir, server_name=args.host, server_port=args.port)
+    print(f"FiftyOne App on the review dataset: {demo.local_url.rstrip('/')}/fiftyone/", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import gradio as gr
 import numpy as np
 import supervision as sv
 
+from app.fiftyone_app import app_url
 from app.inputs import detector_for, image_and_detector, processing_size, threshold_value
 from app.queries import inspected, query_index
 from app.render import class_color, pr_curves
@@ -29,7 +30,6 @@ STORED_SCORE_FLOOR = 0.05  # predictions stored with a sample: all at or above t
 _lock = threading.RLock()  # store() is also called while holding it
 _settings = {"dataset": DEFAULT_DATASET, "data_dir": None}
 _store: ReviewStore | None = None
-_fiftyone_session = None
 
 
 def configure(dataset: str | None = None, data_dir: Path | None = None) -> None:
@@ -288,24 +288,8 @@ def evaluate_reviewed():
     return summary, rows, pr_curves(np.asarray(results.recall), curves)
 
 
-def open_fiftyone(port: int = 5151, address: str = "127.0.0.1") -> str:
-    """Launch the FiftyOne App on the review dataset (once) and return where it is served."""
-    import fiftyone as fo
-
-    global _fiftyone_session
-    with _lock:
-        if _fiftyone_session is None:
-            _fiftyone_session = fo.launch_app(store().dataset, remote=True, address=address, port=int(port),
-                                              auto=False)
-        else:
-            _fiftyone_session.dataset = store().dataset
-    url = f"http://{address}:{int(port)}/"
-    return f"The FiftyOne App serves dataset `{store().dataset.name}` at [{url}]({url})."
-
-
-def close_fiftyone() -> None:
-    global _fiftyone_session
-    with _lock:
-        if _fiftyone_session is not None:
-            _fiftyone_session.close()
-            _fiftyone_session = None
+def open_fiftyone() -> str:
+    """A link to the FiftyOne App on the review dataset, served by this app under ``/fiftyone``."""
+    url = app_url(store().dataset.name)
+    return (f"[Open `{store().dataset.name}` in the FiftyOne App]({url}) (served by this app under `/fiftyone`; "
+            "it opens in this tab, use your browser's back button to return).")

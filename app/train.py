@@ -18,6 +18,7 @@ import gradio as gr
 import matplotlib.pyplot as plt
 
 from app import review
+from app.access import public_space_without_login
 from core.train import TRAINABLE
 from training.finetune import FinetuneConfig, FinetuneError, finetune, per_class_table, reviewed_samples
 from training.registry import RegistryError
@@ -35,11 +36,6 @@ class Job:
 
 _lock = threading.Lock()
 _job: Job | None = None
-
-
-def public_space_without_login() -> bool:
-    """On a public Hugging Face Space with no login configured, anyone could start training."""
-    return bool(os.environ.get("SPACE_ID")) and not os.environ.get("OAUTH_CLIENT_ID")
 
 
 def training_summary() -> str:

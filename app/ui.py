@@ -16,6 +16,8 @@ from app.detect import DETECTION_HEADERS, detect, detect_batch, model_labels
 from app.models import default_model, model_choices
 from app.render import class_color
 from core.loading import ASSETS_DIR
+from app.access import may_change_data, public_space_without_login
+from app.fiftyone_app import mount_fiftyone
 from training.finetune import SUGGESTED_LR, FinetuneConfig
 
 EXAMPLES_DIR = ASSETS_DIR / "examples"
@@ -182,7 +184,7 @@ def _train_tab(model):
         lr = gr.Number(value=FinetuneConfig.lr, label="Learning rate (backbone: a tenth)", minimum=1e-6, maximum=1e-2)
     with gr.Row():
         start = gr.Button("Fine-tune on reviewed data", variant="primary", elem_id="train-start",
-                          interactive=not train.public_space_without_login())
+                          interactive=not public_space_without_login())
         cancel = gr.Button("Cancel", elem_id="train-cancel")
     status = gr.Markdown(elem_id="train-status")
     plot = gr.Plot(label="Loss and validation AP")
@@ -264,3 +266,11 @@ def build_app() -> gr.Blocks:
 def launch_options(data_dir: Path) -> dict:
     """What `launch` needs: uploads capped, and file access only to the review media and examples."""
     return {"max_file_size": MAX_UPLOAD, "allowed_paths": [str(Path(data_dir) / "media"), str(EXAMPLES_DIR)]}
+
+
+def launch(demo: gr.Blocks, data_dir: Path, **options) -> gr.Blocks:
+    """Launch ``demo`` without blocking and mount the FiftyOne App at ``/fiftyone`` of the same server
+    (media confined to ``DATA/media``; read-only for visitors who may not change data)."""
+    demo.queue().launch(prevent_thread_lock=True, **launch_options(data_dir), **options)
+    mount_fiftyone(demo.app, [Path(data_dir) / "media"], may_change_data)
+    return demo

@@ -141,6 +141,5 @@ def review_store(tmp_path):
     store = review.store()
     assert isinstance(store, ReviewStore)
     yield store
-    review.close_fiftyone()
     store.dataset.delete()
     review.configure(None, None)

@@ -76,12 +76,11 @@ def test_error_is_shown_in_the_page(running_app, page):
 @pytest.fixture
 def review_app(review_store, monkeypatch):
     """The app on the bundled model (it sees the shapes), its review store a throwaway dataset."""
-    from app.ui import build_app, launch_options
+    from app.ui import build_app, launch
 
     monkeypatch.setenv("DETR_STUDIO_MODEL", "bundled")
-    demo = build_app()
-    demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                        **launch_options(review_store.media_dir.parent))
+    demo = launch(build_app(), review_store.media_dir.parent, server_name="127.0.0.1", server_port=None,
+                  quiet=True)
     yield demo.local_url, review_store
     demo.close()
 
@@ -154,22 +153,25 @@ def test_detect_inspect_review_and_find_the_edit_in_fiftyone(review_app, page, t
     assert relabelled.label == new_label
 
 
-def test_fiftyone_app_shows_the_review_dataset(review_store, page):
-    """'Open in FiftyOne' serves the same dataset: its samples with predictions and ground truth."""
-    import socket
-
+def test_fiftyone_app_shows_the_review_dataset(review_app, page, tmp_path):
+    """The FiftyOne App under /fiftyone of our own server shows the review dataset, media included."""
     from app import review
+    from app.fiftyone_app import app_url
     from datasets.shapes import generate_sample
+
+    url, review_store = review_app
+    media = []
+    page.on("response", lambda response: media.append(response.status) if "/fiftyone/media" in response.url else None)
 
     sample_id = review.send_to_review(generate_sample(7).image, "bundled", 0.5, 0)[1]
     review.save_review(sample_id, 0, {"image": "x", "boxes": [{"xmin": 1, "ymin": 2, "xmax": 30, "ymax": 40,
                                                                "label": "circle"}]}, "ana")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    review.open_fiftyone(port)
-    page.goto(f"http://127.0.0.1:{port}/datasets/{review_store.dataset.name}")
+    # The FiftyOne App, mounted under /fiftyone of the same server (one port, one origin).
+    page.goto(url.rstrip("/") + app_url(review_store.dataset.name))
     page.get_by_text("1 sample").first.wait_for(timeout=90_000)
     body = page.inner_text("body")
     assert review_store.dataset.name in page.content()  # the dataset picker in the header
     assert "predictions" in body and "ground_truth" in body and "review" in body
+    page.wait_for_timeout(2000)  # let the grid fetch its thumbnail
+    page.screenshot(path=str(tmp_path / "fiftyone.png"))
+    assert media and set(media) <= {200, 206, 304}, media  # the sample's image came through the guard
