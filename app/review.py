@@ -283,13 +283,29 @@ def evaluate_reviewed():
         if ap >= 0:
             curves[str(name)] = results.precision[:, index, :].mean(0)
     mean_ap = float(results.mAP())
+    store().save_views(eval_key="eval")
     summary = (f"mAP (COCO, IoU 0.50:0.95) over {len(view)} reviewed samples: **{mean_ap:.3f}**. "
-               "Per-object results are in the fields `eval`, `eval_tp`, `eval_fp`, `eval_fn` (open in FiftyOne).")
+               "Per-object results are in the fields `eval`, `eval_tp`, `eval_fp`, `eval_fn`; the saved view "
+               "`disagreements` in FiftyOne lists the reviewed samples where model and review differ.")
     return summary, rows, pr_curves(np.asarray(results.recall), curves)
 
 
+def fiftyone_frame() -> tuple[str, str]:
+    """The Review-in-FiftyOne tab: links (full page, one per saved view) and the embedded App."""
+    names = store().save_views(eval_key="eval")
+    dataset = store().dataset.name
+    full = app_url(dataset)
+    links = " · ".join(f"[{name}]({full}&view={name})" for name in names)
+    markdown = f"[Open `{dataset}` full page]({full}) — saved views: {links}"
+    frame = (f'<iframe src="{html.escape(app_url(dataset, embedded=True))}" title="FiftyOne App" '
+             'style="width:100%;height:820px;border:0"></iframe>')
+    return markdown, frame
+
+
 def open_fiftyone() -> str:
-    """A link to the FiftyOne App on the review dataset, served by this app under ``/fiftyone``."""
+    """A link to the FiftyOne App on the review dataset, served by this app under ``/fiftyone``;
+    refreshes the saved views per review state first."""
+    store().save_views(eval_key="eval")
     url = app_url(store().dataset.name)
     return (f"[Open `{store().dataset.name}` in the FiftyOne App]({url}) (served by this app under `/fiftyone`; "
             "it opens in this tab, use your browser's back button to return).")

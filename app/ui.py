@@ -6,6 +6,7 @@ Every main event has a stable ``api_name`` so scripts can drive the app with `gr
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import gradio as gr
@@ -16,7 +17,7 @@ from app.detect import DETECTION_HEADERS, detect, detect_batch, model_labels
 from app.models import default_model, model_choices
 from app.render import class_color
 from core.loading import ASSETS_DIR
-from app.access import may_change_data, public_space_without_login
+from app.access import may_change_data, needs_sign_in, on_space, public_space_without_login
 from app.fiftyone_app import mount_fiftyone
 from training.finetune import SUGGESTED_LR, FinetuneConfig
 
@@ -205,9 +206,9 @@ def _train_tab(model):
     refresh = dict(fn=lambda: (train.training_summary(), train.versions_table()), outputs=[summary, versions],
                    api_name=False)
     trainable.change(SUGGESTED_LR.get, inputs=[trainable], outputs=[lr], api_name=False)
-    start.click(train.start_finetune, inputs=[model, epochs, lr, trainable], outputs=[status, plot, table, new_version],
+    start.click(needs_sign_in(train.start_finetune), inputs=[model, epochs, lr, trainable], outputs=[status, plot, table, new_version],
                 api_name="finetune").then(**refresh)
-    cancel.click(train.cancel_finetune, outputs=[status], api_name="cancel_finetune")
+    cancel.click(needs_sign_in(train.cancel_finetune), outputs=[status], api_name="cancel_finetune")
     use.click(select_model, inputs=[new_version], outputs=[model], api_name=False)
     def pick_version(evt: gr.SelectData):
         return evt.row_value[0]
@@ -223,6 +224,8 @@ def build_app() -> gr.Blocks:
     """The whole app; `app.py` launches it, tests drive it through `gradio_client` or a browser."""
     with gr.Blocks(title="DETR Studio") as demo:
         gr.Markdown("# DETR Studio\nSee inside DETR-family detectors, review their output into FiftyOne.")
+        if on_space() and os.environ.get("OAUTH_CLIENT_ID"):  # hf_oauth: true; off Spaces it would break local runs
+            gr.LoginButton()
         with gr.Row():
             model = gr.Dropdown(choices=model_choices(), value=default_model(), label="Model", allow_custom_value=True,
                                 info="A hub id, a local save_pretrained directory, or 'bundled'.", scale=2)
@@ -238,26 +241,30 @@ def build_app() -> gr.Blocks:
         with gr.Tab("Train") as train_tab:
             refresh_train = _train_tab(model)
         train_tab.select(**refresh_train)
+        with gr.Tab("FiftyOne") as fiftyone_tab:
+            fiftyone_links = gr.Markdown(elem_id="fiftyone-links")
+            fiftyone_frame = gr.HTML(elem_id="fiftyone-frame")
+        fiftyone_tab.select(review.fiftyone_frame, outputs=[fiftyone_links, fiftyone_frame], api_name=False)
 
         loaded = [r["editor"], r["sample_id"], r["revision"], r["status"]]
-        send.click(_with_labels(review.send_to_review), inputs=[image, model, threshold, size], outputs=loaded,
+        send.click(needs_sign_in(_with_labels(review.send_to_review)), inputs=[image, model, threshold, size], outputs=loaded,
                    api_name="send_to_review").then(review.review_counts, outputs=[r["counts"]], api_name=False)
-        promote.click(_with_labels(review.promote_query), inputs=[key, query, r["sample_id"], r["editor"], threshold],
+        promote.click(needs_sign_in(_with_labels(review.promote_query)), inputs=[key, query, r["sample_id"], r["editor"], threshold],
                       outputs=loaded, api_name="promote_query")
-        r["save"].click(_with_labels(review.save_review), inputs=[r["sample_id"], r["revision"], r["editor"], r["reviewer"],
+        r["save"].click(needs_sign_in(_with_labels(review.save_review), "reviewer"), inputs=[r["sample_id"], r["revision"], r["editor"], r["reviewer"],
                                                     threshold], outputs=loaded, api_name="save_review").then(
             review.review_counts, outputs=[r["counts"]], api_name=False)
-        r["undo"].click(_with_labels(review.undo_review), inputs=[r["sample_id"], r["revision"], r["reviewer"], threshold],
+        r["undo"].click(needs_sign_in(_with_labels(review.undo_review), "reviewer"), inputs=[r["sample_id"], r["revision"], r["reviewer"], threshold],
                         outputs=loaded, api_name="undo_review")
         r["next"].click(_with_labels(review.next_to_review), inputs=[r["sample_id"], threshold], outputs=loaded,
                         api_name="next_to_review").then(review.review_counts, outputs=[r["counts"]], api_name=False)
-        r["import_folder"].click(review.import_folder, inputs=[r["folder"], model, threshold, size],
+        r["import_folder"].click(needs_sign_in(review.import_folder), inputs=[r["folder"], model, threshold, size],
                                  outputs=[r["io_status"]], api_name="import_folder")
-        r["import_coco"].click(review.import_coco, inputs=[r["coco"], r["coco_images"], model, threshold, size],
+        r["import_coco"].click(needs_sign_in(review.import_coco), inputs=[r["coco"], r["coco_images"], model, threshold, size],
                                outputs=[r["io_status"]], api_name="import_coco")
-        r["export"].click(review.export_coco, inputs=[r["export_dir"]], outputs=[r["io_status"]],
+        r["export"].click(needs_sign_in(review.export_coco), inputs=[r["export_dir"]], outputs=[r["io_status"]],
                           api_name="export_coco")
-        r["evaluate"].click(review.evaluate_reviewed, outputs=[r["eval_summary"], r["per_class"], r["pr_plot"]],
+        r["evaluate"].click(needs_sign_in(review.evaluate_reviewed), outputs=[r["eval_summary"], r["per_class"], r["pr_plot"]],
                             api_name="evaluate")
         r["open_app"].click(review.open_fiftyone, outputs=[r["fiftyone_link"]], api_name="open_fiftyone")
     return demo
@@ -271,6 +278,8 @@ def launch_options(data_dir: Path) -> dict:
 def launch(demo: gr.Blocks, data_dir: Path, **options) -> gr.Blocks:
     """Launch ``demo`` without blocking and mount the FiftyOne App at ``/fiftyone`` of the same server
     (media confined to ``DATA/media``; read-only for visitors who may not change data)."""
-    demo.queue().launch(prevent_thread_lock=True, **launch_options(data_dir), **options)
+    # A full queue answers "busy" at once instead of piling up work nobody will wait for.
+    demo.queue(max_size=int(os.environ.get("DETR_STUDIO_QUEUE_SIZE", "32")))
+    demo.launch(prevent_thread_lock=True, show_error=False, **launch_options(data_dir), **options)
     mount_fiftyone(demo.app, [Path(data_dir) / "media"], may_change_data)
     return demo

@@ -512,3 +512,18 @@ class ReviewStore:
 
     def reviewed_view(self):
         return self.dataset.match_tags(REVIEWED_TAG)
+
+    def save_views(self, eval_key: str | None = None) -> list[str]:
+        """Save one FiftyOne view per review state, for the FiftyOne App's view picker: ``to-review``
+        (the queue's order), ``reviewed``, and, after an evaluation under ``eval_key``,
+        ``disagreements`` (reviewed samples with a false positive or a missed object). Returns their names."""
+        from fiftyone import ViewField
+
+        views = {"to-review": self.queue(), "reviewed": self.reviewed_view()}
+        if eval_key and f"{eval_key}_fp" in self.dataset.get_field_schema():
+            views["disagreements"] = self.reviewed_view().match(
+                (ViewField(f"{eval_key}_fp") > 0) | (ViewField(f"{eval_key}_fn") > 0))
+        with self._lock:
+            for name, view in views.items():
+                self.dataset.save_view(name, view, overwrite=True)
+        return list(views)

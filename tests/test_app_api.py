@@ -77,3 +77,24 @@ def test_gradio_serves_only_what_the_app_needs(client):
     assert status(ASSETS_DIR / "examples" / "coffee.jpg") == 200
     for private in [root / "README.md", ASSETS_DIR / "bundled" / "config.json", Path("/etc/passwd")]:
         assert status(private) == 403, private
+
+
+def test_on_a_space_visitors_detect_but_cannot_change_data(client, review_store, tiny_detr_dir, monkeypatch):
+    """Hidden buttons are not access control: the API itself refuses writes from a visitor."""
+    from gradio_client import handle_file
+
+    model, image = str(tiny_detr_dir), handle_file(str(SHAPES))
+    editor, sample_id, revision, status = client.predict(image, model, 0.5, 256, api_name="/send_to_review")
+    monkeypatch.setenv("SPACE_ID", "someone/detr-studio")  # a Space; this visitor has not signed in
+    annotated, table, status = client.predict(image, model, 0.5, 256, [], api_name="/detect")
+    assert "queries" in status or table is not None  # detection still works
+    value = {"image": handle_file(str(SHAPES)), "boxes": [{"xmin": 1, "ymin": 1, "xmax": 9, "ymax": 9, "label": "x"}]}
+    refused = [("/send_to_review", (image, model, 0.5, 256)),
+               ("/save_review", (sample_id, 0, value, "visitor", 0.5)),
+               ("/import_folder", ("/tmp", model, 0.5, 256)),
+               ("/export_coco", ("/tmp/out",)),
+               ("/finetune", ("bundled", 1, 1e-3, "heads"))]
+    for api_name, args in refused:
+        with pytest.raises(Exception, match="Sign in with your Hugging Face account"):
+            client.predict(*args, api_name=api_name)
+    assert len(review_store.dataset) == 1 and review_store.get(sample_id).revision == 0  # nothing changed

@@ -173,6 +173,24 @@ def test_open_in_fiftyone_links_the_mounted_app(review_store):
     assert f"(/fiftyone/datasets/{review_store.dataset.name}?proxy=/fiftyone/)" in message
 
 
+def test_saved_views_per_review_state(review_store, tiny_detr_dir):
+    """to-review and reviewed always; disagreements once an evaluation marked misses or false alarms."""
+    for seed in (42, 43):
+        review.send_to_review(shapes_image(seed), str(tiny_detr_dir), 0.05, 256)
+    value, sample_id, revision, _ = review.load_sample(review_store.next_to_review())
+    # A truth box nowhere near any prediction: a miss (eval_fn) for sure.
+    review.save_review(sample_id, revision, {**value, "boxes": [{"xmin": 0, "ymin": 0, "xmax": 3, "ymax": 3,
+                                                               "label": "circle"}]}, "ana")
+    links, frame = review.fiftyone_frame()
+    assert review_store.dataset.list_saved_views() == ["to-review", "reviewed"]
+    assert len(review_store.dataset.load_saved_view("reviewed")) == 1
+    assert len(review_store.dataset.load_saved_view("to-review")) == 1
+    assert "proxy=/fiftyone/&amp;polling=true" in frame and "&view=reviewed" in links
+    review.evaluate_reviewed()
+    assert "disagreements" in review_store.dataset.list_saved_views()
+    assert review_store.dataset.load_saved_view("disagreements").values("id") == [sample_id]
+
+
 def test_import_coco_refuses_a_box_outside_any_image_before_writing(review_store, tiny_detr_dir, tmp_path):
     """The store's box checks run on every image first: a bad box in the last image imports nothing."""
     directory = tmp_path / "coco"

@@ -1,0 +1,32 @@
+"""The README front matter is the Space's configuration: it must match what the code is tested with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def front_matter() -> dict:
+    text = (ROOT / "README.md").read_text()
+    assert text.startswith("---\n"), "README.md must start with the Spaces front matter"
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_front_matter_names_the_tested_gradio_and_preloads_the_hub_models():
+    config = front_matter()
+    assert config["sdk"] == "gradio" and config["app_file"] == "app.py"
+    assert config["sdk_version"] == gradio.__version__  # Spaces installs this Gradio itself
+    assert str(config["python_version"]) == "3.11"
+    assert {"facebook/detr-resnet-50", "microsoft/conditional-detr-resnet-50"} <= set(config["preload_from_hub"])
+    assert config["hf_oauth"] is True  # sign-in; visitors without it cannot change data
+
+
+def test_requirements_leave_gradio_to_the_space():
+    lines = [line.split(";")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    gradio_lines = [line for line in lines if line.startswith("gradio") and not line.startswith("gradio_")]
+    assert gradio_lines and all("==" not in line for line in gradio_lines), gradio_lines  # a range, never a pin
