@@ -9,6 +9,11 @@ to DETR_STUDIO_DATA, else /data/detr-studio when /data exists (Spaces storage), 
 
 from __future__ import annotations
 
+try:  # on a ZeroGPU Space, `spaces` must be imported before anything touches CUDA
+    import spaces  # noqa: F401
+except ImportError:
+    pass
+
 import argparse
 import os
 from pathlib import Path

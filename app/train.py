@@ -7,12 +7,13 @@ training loop checks before every step.
 
 from __future__ import annotations
 
-import os
+import json
 import queue
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 import matplotlib.pyplot as plt
@@ -20,7 +21,8 @@ import matplotlib.pyplot as plt
 from app import review
 from app.access import public_space_without_login
 from core.train import TRAINABLE
-from training.finetune import FinetuneConfig, FinetuneError, finetune, per_class_table, reviewed_samples
+from training.finetune import (JOB_FILE, FinetuneConfig, FinetuneError, finetune, per_class_table,
+                               reviewed_samples, run_chunk)
 from training.registry import RegistryError
 
 VERSION_HEADERS = ["version", "parent", "created", "val AP before", "val AP after", "labels", "samples"]
@@ -82,8 +84,9 @@ def start_finetune(base: str, epochs: int, lr: float, trainable: str = FinetuneC
     def work():
         global _job
         try:
+            run, chunk_s = _chunk_runner()
             result = finetune(review.store().dataset, base, config, registry=review.registry(),
-                              work_dir=review.data_dir() / "finetune-work",
+                              work_dir=review.data_dir() / "finetune-work", run=run, chunk_s=chunk_s,
                               progress=lambda p: job.events.put(("progress", p)),
                               on_epoch=lambda h: job.events.put(("epoch", h)), cancel=job.cancel)
             job.events.put(("done", result))
@@ -93,7 +96,7 @@ def start_finetune(base: str, epochs: int, lr: float, trainable: str = FinetuneC
             with _lock:
                 _job = None
 
-    worker = threading.Thread(target=_gpu_context(work), daemon=True)
+    worker = threading.Thread(target=work, daemon=True)
     worker.start()
     history, losses, status = [], [], "Starting: evaluating the base model on the validation samples..."
     yield status, _plot(history, losses), [], gr.update()
@@ -128,13 +131,40 @@ def cancel_finetune() -> str:
     return "Cancelling: the job stops before its next step."
 
 
-def _gpu_context(function):
-    """Inside a ZeroGPU Space (the `spaces` package), run the job in its GPU context."""
-    try:
-        import spaces
-    except ImportError:
-        return function
-    return spaces.GPU(duration=600)(function)
+ZEROGPU_CHUNK_S = 45  # a ZeroGPU call is capped (60 s by default): train this long, checkpoint, go again
+
+try:  # ZeroGPU Spaces ship the `spaces` package; app.py imports it before anything touches CUDA
+    import spaces
+except ImportError:
+    spaces = None
+
+if spaces is not None:
+    @spaces.GPU(duration=ZEROGPU_CHUNK_S + 15)
+    def _gpu_chunk(work_dir: str, budget_s: float) -> str:
+        """One chunk in ZeroGPU's forked GPU worker: reads and writes only the job's files."""
+        return run_chunk(Path(work_dir), budget_s=budget_s)
+
+
+def _chunk_runner():
+    """``(run, chunk_s)`` for `finetune`: plain `run_chunk` without ZeroGPU; with it, chunks of
+    ``ZEROGPU_CHUNK_S`` inside ``spaces.GPU``. Callbacks cannot cross the worker's fork, so the
+    epochs each chunk validated are reported from the job file afterwards; the database is only
+    touched here, in the main process."""
+    if spaces is None:
+        return run_chunk, None
+
+    def run(work_dir, progress=None, on_epoch=None, cancel=None, budget_s=None, clock=None) -> str:
+        if cancel is not None and cancel.is_set():
+            return "cancelled"
+        job_file = Path(work_dir) / JOB_FILE
+        seen = len(json.loads(job_file.read_text())["history"])
+        status = _gpu_chunk(str(work_dir), budget_s)
+        for record in json.loads(job_file.read_text())["history"][seen:]:
+            if on_epoch is not None:
+                on_epoch(record)
+        return status
+
+    return run, ZEROGPU_CHUNK_S
 
 
 def versions_table() -> list[list]:

@@ -83,7 +83,7 @@ class Progress:
 
 @dataclass
 class TrainResult:
-    status: str  # "finished", "cancelled", "stopped_early"
+    status: str  # "finished", "cancelled", "stopped_early", "paused" (budget used up; resume continues)
     step: int
     epoch: int
     last_losses: dict[str, float] = field(default_factory=dict)
@@ -201,12 +201,20 @@ def train(
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
     epoch_end: Callable[[int], bool] | None = None,
+    budget_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> TrainResult:
     """Train ``model`` (a transformers DETR or Conditional DETR) in place. See the module docstring.
 
     ``epoch_end(epoch)`` runs after each complete epoch (e.g. validation); returning True stops
-    training there with status ``"stopped_early"``.
+    training there with status ``"stopped_early"``. With ``budget_s`` (e.g. a ZeroGPU call's
+    slice) training stops after the first step that ends past the budget, writes a checkpoint and
+    returns status ``"paused"``; calling again with ``resume`` continues exactly where it stopped.
+    ``clock`` is injectable so tests can simulate budgets.
     """
+    if budget_s is not None and not config.checkpoint_dir:
+        raise ValueError("a time budget needs a checkpoint_dir to continue from; set TrainConfig.checkpoint_dir.")
+    deadline = clock() + budget_s if budget_s is not None else None
     from accelerate import Accelerator
 
     cuda = torch.cuda.is_available()
@@ -234,7 +242,6 @@ def train(
         step = load_checkpoint(last, model, optimizer, scheduler)["step"]
         logger.info("resumed from %s at step %d", last, step)
 
-    rng = np.random.default_rng(config.seed * 7919 + step + accelerator.process_index)
     result = TrainResult(status="finished", step=step, epoch=step // max(steps_per_epoch, 1))
     nonfinite_in_a_row, started, images_seen = 0, time.perf_counter(), 0
     device = accelerator.device
@@ -264,6 +271,8 @@ def train(
             items = [dataset[i] for i in indices]
             images, targets = [np.asarray(item[0]) for item in items], [item[1] for item in items]
             validate_targets(targets, len(labels), where=f"training samples {indices}")
+            # Augmentation draws depend only on (seed, step, rank): a resumed run repeats the uninterrupted one.
+            rng = np.random.default_rng([config.seed, step, accelerator.process_index])
             images, targets, short, long = _augment(images, targets, config, rng)
             batch = preprocess(images, preprocess_config, device, short, long)
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
@@ -315,5 +324,9 @@ def train(
                     result.status = "stopped_early"
                     checkpoint(epoch)
                     return result
+            if deadline is not None and step < total_steps and clock() >= deadline:
+                result.status = "paused"
+                checkpoint(epoch)
+                return result
     checkpoint(result.epoch)
     return result

@@ -54,3 +54,29 @@ def test_public_space_without_login_cannot_train(review_store, monkeypatch):
     assert "disabled" in train.training_summary()
     with pytest.raises(gr.Error, match="disabled"):
         next(train.start_finetune("bundled", 1, 1e-4))
+
+
+def test_on_zerogpu_the_tab_trains_in_gpu_chunks_and_still_plots_epochs(review_store, monkeypatch):
+    """With `spaces` present each chunk goes through the GPU-context function (here a stand-in that
+    runs it with a 0.5 s budget), and the epochs it validated reach the plot from the job file."""
+    from pathlib import Path
+
+    from training.finetune import run_chunk
+
+    chunks = []
+
+    def gpu_chunk(work_dir, budget_s):
+        chunks.append(budget_s)
+        return run_chunk(Path(work_dir), budget_s=0.5)
+
+    monkeypatch.setattr(train, "spaces", object())
+    monkeypatch.setattr(train, "_gpu_chunk", gpu_chunk, raising=False)
+    build_review_dataset(review_store, 10)
+    outputs = list(train.start_finetune("bundled", 3, 1e-3))
+    status, _, table, version = outputs[-1]
+    assert "version:v0001" in status
+    assert len(chunks) >= 2 and set(chunks) == {train.ZEROGPU_CHUNK_S}
+    plotted = outputs[-1][1].axes[1].get_lines()[0].get_xdata()  # the validation-AP curve
+    assert list(plotted) == [0, 1, 2]
+    info = app.review.registry().get("version:v0001").info
+    assert [h["epoch"] for h in info["history"]] == [0, 1, 2]

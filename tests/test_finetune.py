@@ -85,6 +85,32 @@ def test_too_few_reviewed_samples_is_a_clear_error(review_store, tmp_path):
     assert Registry(tmp_path / "models").versions() == []
 
 
+def test_zerogpu_sized_chunks_give_the_result_of_one_run(review_store, tmp_path):
+    """A simulated ZeroGPU budget (injected clock, one second per reading, 3 s per call) runs the
+    fine-tune as several resumable chunks, each from files only; the version equals one straight run."""
+    from safetensors.torch import load_file
+
+    from training.finetune import run_chunk
+
+    _reviewed_store(review_store, 12)
+    config = FinetuneConfig(epochs=3, batch_size=2, patience=10)
+    straight = finetune(review_store.dataset, "bundled", config, out_dir=tmp_path / "straight")
+    ticks, calls = iter(range(100_000)), []
+
+    def chunk(work_dir, **kwargs):  # what the Train tab wraps in spaces.GPU
+        calls.append(run_chunk(work_dir, **kwargs))
+        return calls[-1]
+
+    chunked = finetune(review_store.dataset, "bundled", config, out_dir=tmp_path / "chunked",
+                       work_dir=tmp_path / "job", chunk_s=3, run=chunk, clock=lambda: float(next(ticks)))
+    assert len(calls) >= 3 and set(calls[:-1]) == {"paused"} and calls[-1] == "finished"
+    assert chunked.history == straight.history and chunked.after == straight.after
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "chunked" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not (tmp_path / "job" / "checkpoints").exists()  # cleaned once the version is written
+
+
 def test_cancel_stops_and_registers_nothing(review_store, tmp_path):
     _reviewed_store(review_store, 12)
     cancel = threading.Event()

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_model
-from core.checkpoints import latest_checkpoint
+from core.checkpoints import latest_checkpoint, load_checkpoint
 from core.loading import load_detector
 from core.train import AllDecoderLayers, NonFiniteLossError, TrainConfig, train
 from datasets.shapes import ShapesDataset
@@ -88,6 +88,27 @@ def test_trainable_parts(trainable, changes, stays):
 def test_unknown_trainable_part_is_refused():
     with pytest.raises(ValueError, match="trainable must be one of"):
         train(tiny(), "detr", ShapesDataset(2), quick(max_steps=1, trainable="everything"))
+
+
+def test_time_budget_pauses_and_chunks_equal_one_run(tmp_path):
+    """A simulated ZeroGPU budget (injected clock: one second per reading) splits training into
+    paused chunks; with flips and scale jitter the chunks still end where one straight run ends."""
+    dataset = ShapesDataset(8, first_seed=30)
+    augmented = dict(max_steps=7, hflip=0.5, scale_jitter=(0.75, 1.0), checkpoint_dir=str(tmp_path / "chunks"))
+    straight = tiny()
+    train(straight, "detr", dataset, quick(**{**augmented, "checkpoint_dir": None}))
+    ticks = iter(range(10_000))
+    chunked, statuses = tiny(), []
+    while not statuses or statuses[-1] == "paused":
+        statuses.append(train(chunked, "detr", dataset, quick(**augmented), budget_s=2.5,
+                              clock=lambda: float(next(ticks))).status)
+        chunked = tiny(seed=len(statuses))  # a fresh process: everything must come from the checkpoint
+    assert statuses[:-1] == ["paused"] * (len(statuses) - 1) and statuses[-1] == "finished" and len(statuses) >= 3
+    load_checkpoint(latest_checkpoint(tmp_path / "chunks"), chunked)
+    for key, value in straight.state_dict().items():
+        assert torch.allclose(value, chunked.state_dict()[key], atol=1e-6), key
+    with pytest.raises(ValueError, match="needs a checkpoint_dir"):
+        train(tiny(), "detr", dataset, quick(), budget_s=10)
 
 
 def test_resume_after_a_crash_continues_at_the_right_step(tmp_path):

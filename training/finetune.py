@@ -20,10 +20,14 @@ reached as the app reaches its store (``FIFTYONE_DATABASE_URI``, else the data d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core.boxes import box_xywhn_to_xyxy, box_xyxy_to_cxcywh, box_xyxy_to_xywh
@@ -39,7 +44,7 @@ from core.evaluate import Metrics, coco_metrics, to_coco_results
 from core.images import load_image
 from core.inference import predict
 from core.loading import Detector, load_detector_or_bundled
-from core.train import Progress, TrainConfig, train
+from core.train import TRAINABLE, Progress, TrainConfig, train
 from training.registry import PREFIX, Registry
 
 logger = logging.getLogger(__name__)
@@ -220,25 +225,27 @@ def resolve_base(base: str, registry: Registry | None) -> tuple[Detector, Path]:
     return detector, detector.source
 
 
-def finetune(
-    view,
-    base: str,
-    config: FinetuneConfig,
-    registry: Registry | None = None,
-    out_dir: Path | None = None,
-    work_dir: Path | None = None,
-    progress: Callable[[Progress], None] | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
-    cancel: threading.Event | None = None,
-) -> FinetuneResult:
-    """Fine-tune ``base`` on the reviewed samples of ``view``; register the result (or write ``out_dir``).
+JOB_FILE, BEST_FILE, CHECKPOINTS = "job.json", "best.safetensors", "checkpoints"
 
-    ``on_epoch`` gets ``{"epoch", "step", "val_AP"}`` after each epoch's validation, for a live plot.
-    Raises `FinetuneError` before any training when the data cannot work.
+
+def _write_json(path: Path, document: dict) -> None:
+    """Write ``document`` atomically: a reader sees the old file or the new one, never half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=1))
+    os.replace(tmp, path)
+
+
+def _samples_from(records: list[dict]) -> list[Reviewed]:
+    return [Reviewed(**{**r, "boxes": np.asarray(r["boxes"], dtype=np.float64).reshape(-1, 4)}) for r in records]
+
+
+def prepare(view, base: str, config: FinetuneConfig, work_dir: Path, registry: Registry | None = None) -> dict:
+    """Start a job in ``work_dir`` (emptied first): read the reviewed samples, split them, score the
+    base model on the validation part, and write ``job.json``. Runs where the database is (on a
+    ZeroGPU Space: the main process); the chunks only need the job file and the images.
+
+    Raises `FinetuneError` before anything is written when the data cannot work.
     """
-    started = time.perf_counter()
-    if registry is None and out_dir is None:
-        raise FinetuneError("give a registry or an output directory for the new model.")
     samples = reviewed_samples(view)
     val_ids = {s.sample_id for s in samples if is_validation(s.sample_id, config.val_fraction)}
     if not val_ids and len(samples) >= 5:  # small sets: the sample lowest in the hash order validates
@@ -250,80 +257,180 @@ def finetune(
             f"{len(samples)} reviewed samples give {len(train_set)} for training and {len(val_set)} for "
             "validation; review more images (about 10 at least) and try again."
         )
+    if config.trainable not in TRAINABLE:
+        raise FinetuneError(f"trainable must be one of {', '.join(TRAINABLE)}; got {config.trainable!r}.")
     detector, base_dir = resolve_base(base, registry)
-    model, kind = detector.model, detector.kind
     reviewed_names = [name for s in samples for name in s.names]
     labels = list(detector.labels) + [name for name in dict.fromkeys(reviewed_names) if name not in detector.labels]
     size = config.shortest_edge or detector.preprocess.shortest_edge
-    longest = max(size, round(size * detector.preprocess.longest_edge / detector.preprocess.shortest_edge))
-    model.eval()
+    detector.model.eval()
     before = evaluate_on(detector, val_set, labels, size)
-    extend_head(model, kind, labels)
-    detector.labels = labels
+    work_dir = Path(work_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    job = {
+        "base": base, "base_dir": str(base_dir), "kind": detector.kind, "dataset": _name(view), "labels": labels,
+        "size": size, "longest": max(size, round(size * detector.preprocess.longest_edge / detector.preprocess.shortest_edge)),
+        "config": asdict(config), "before": asdict(before), "history": [], "best": {"ap": -1.0, "epoch": -1},
+        "status": "prepared", "steps": 0, "seconds": 0.0,
+        "train": [{**asdict(s), "boxes": s.boxes.tolist()} for s in train_set],
+        "val": [{**asdict(s), "boxes": s.boxes.tolist()} for s in val_set],
+    }
+    _write_json(work_dir / JOB_FILE, job)
+    return job
 
+
+def run_chunk(
+    work_dir: Path,
+    progress: Callable[[Progress], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    cancel: threading.Event | None = None,
+    budget_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    """Train the job in ``work_dir`` from its last checkpoint until it ends or ``budget_s`` is used up.
+
+    Returns the status: ``"paused"`` (call again to continue: the chunks together give exactly the
+    result of one run), ``"finished"``, ``"stopped_early"`` or ``"cancelled"``. On a ZeroGPU Space
+    this is the function that runs inside ``@spaces.GPU``; it writes only files under ``work_dir``.
+    """
+    started = time.perf_counter()
+    work_dir = Path(work_dir)
+    job = json.loads((work_dir / JOB_FILE).read_text())
+    if job["status"] in ("finished", "stopped_early"):
+        return job["status"]
+    config = FinetuneConfig(**job["config"])
+    labels, size = job["labels"], job["size"]
+    detector = load_detector_or_bundled(job["base_dir"])
+    torch.manual_seed(config.seed)  # the new head rows start the same in every run of this job
+    extend_head(detector.model, detector.kind, labels)
+    detector.labels = labels
+    model = detector.model
+    train_set, val_set = _samples_from(job["train"]), _samples_from(job["val"])
     train_config = TrainConfig(
         epochs=config.epochs, max_steps=config.max_steps or None, batch_size=config.batch_size, lr=config.lr,
         lr_backbone=config.lr_backbone, weight_decay=config.weight_decay, grad_clip=config.grad_clip,
-        schedule=config.schedule, shortest_edge=size, longest_edge=longest, hflip=config.hflip,
-        trainable=config.trainable, one_to_many=config.one_to_many,
-        one_to_many_layers=config.one_to_many_layers,
-        scale_jitter=(0.875, 1.0, 1.125), seed=config.seed, log_every=5, resume=False,
-        checkpoint_dir=str(work_dir) if work_dir else None,
+        schedule=config.schedule, shortest_edge=size, longest_edge=job["longest"], hflip=config.hflip,
+        trainable=config.trainable, one_to_many=config.one_to_many, one_to_many_layers=config.one_to_many_layers,
+        scale_jitter=(0.875, 1.0, 1.125), seed=config.seed, log_every=5, resume=True,
+        checkpoint_dir=str(work_dir / CHECKPOINTS),
     )
-    best = {"ap": -1.0, "epoch": -1, "state": None}
-    history: list[dict] = []
 
     def validate(epoch: int) -> bool:
         metrics = evaluate_on(detector, val_set, labels, size)
-        history.append({"epoch": epoch, "val_AP": metrics.AP})
+        # a chunk that ended between an epoch's validation and the next checkpoint repeats that epoch
+        job["history"] = [h for h in job["history"] if h["epoch"] != epoch] + [{"epoch": epoch, "val_AP": metrics.AP}]
         if on_epoch is not None:
-            on_epoch(history[-1])
-        if metrics.AP > best["ap"]:
-            best.update(ap=metrics.AP, epoch=epoch, state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        return epoch - best["epoch"] >= config.patience  # no better epoch for `patience` epochs: stop
+            on_epoch(job["history"][-1])
+        if metrics.AP > job["best"]["ap"]:
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, work_dir / BEST_FILE)
+            job["best"] = {"ap": metrics.AP, "epoch": epoch}
+        _write_json(work_dir / JOB_FILE, job)
+        return epoch - job["best"]["epoch"] >= config.patience  # no better epoch for `patience` epochs: stop
 
-    result = train(model, kind, ReviewedDataset(train_set, labels), train_config, detector.preprocess, labels,
-                   progress=progress, cancel=cancel, epoch_end=validate)
+    result = train(model, detector.kind, ReviewedDataset(train_set, labels), train_config, detector.preprocess, labels,
+                   progress=progress, cancel=cancel, epoch_end=validate, budget_s=budget_s, clock=clock)
+    model.eval()
+    if result.status in ("finished", "stopped_early") and (
+            not job["history"] or job["history"][-1]["epoch"] != result.epoch or job["best"]["epoch"] < 0):
+        validate(result.epoch)  # a run capped by max_steps ends mid-epoch: score where it stopped
+    job["steps"] = result.step
+    job["seconds"] += time.perf_counter() - started
+    if result.status != "cancelled":
+        job["status"] = result.status
+    _write_json(work_dir / JOB_FILE, job)
+    return result.status
+
+
+def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | None = None) -> FinetuneResult:
+    """Score the job's best epoch and write it as a new registry version (or to ``out_dir``)."""
+    work_dir = Path(work_dir)
+    job = json.loads((work_dir / JOB_FILE).read_text())
+    if job["status"] not in ("finished", "stopped_early"):
+        raise FinetuneError(f"the fine-tune in {work_dir} has not finished (status {job['status']!r}); continue it first.")
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise FinetuneError(f"{out_dir} is not empty; choose a new folder so nothing is overwritten.")
+    config, labels = FinetuneConfig(**job["config"]), job["labels"]
+    detector = load_detector_or_bundled(job["base_dir"])
+    extend_head(detector.model, detector.kind, labels)
+    detector.labels = labels
+    model = detector.model
+    model.load_state_dict(load_file(work_dir / BEST_FILE))
     model.config.auxiliary_loss = False
     model.eval()
-    outcome = FinetuneResult(status=result.status, labels=labels, before=before, after=None, best_epoch=best["epoch"],
-                             history=history, train_ids=[s.sample_id for s in train_set],
-                             val_ids=[s.sample_id for s in val_set])
-    if result.status == "cancelled":
-        outcome.seconds = time.perf_counter() - started
-        return outcome
-    if not history or history[-1]["epoch"] != result.epoch or best["state"] is None:
-        validate(result.epoch)  # a run capped by max_steps ends mid-epoch: score where it stopped
-    model.load_state_dict(best["state"])
-    outcome.after = evaluate_on(detector, val_set, labels, size)
-    outcome.best_epoch = best["epoch"]
-    outcome.seconds = time.perf_counter() - started
+    train_set, val_set = _samples_from(job["train"]), _samples_from(job["val"])
+    before = Metrics(**job["before"])
+    after = evaluate_on(detector, val_set, labels, job["size"])
+    outcome = FinetuneResult(status=job["status"], labels=labels, before=before, after=after,
+                             best_epoch=job["best"]["epoch"], history=job["history"],
+                             train_ids=[s.sample_id for s in train_set], val_ids=[s.sample_id for s in val_set],
+                             seconds=job["seconds"])
     info = {
-        "parent": base, "labels": labels, "kind": kind, "dataset": _name(view), "status": result.status,
-        "steps": result.step, "best_epoch": best["epoch"], "seconds": round(outcome.seconds, 1),
-        "settings": asdict(config), "history": history,
-        "metrics": {"before": asdict(before), "after": asdict(outcome.after)},
+        "parent": job["base"], "labels": labels, "kind": job["kind"], "dataset": job["dataset"], "status": job["status"],
+        "steps": job["steps"], "best_epoch": job["best"]["epoch"], "seconds": round(job["seconds"], 1),
+        "settings": asdict(config), "history": job["history"],
+        "metrics": {"before": asdict(before), "after": asdict(after)},
         "split": {"rule": "sha256(sample id)[:8] / 2**32 < val_fraction", "val_fraction": config.val_fraction},
         "train_ids": outcome.train_ids, "val_ids": outcome.val_ids,
     }
 
     def write(directory: Path) -> None:
         model.save_pretrained(directory)
-        processor = Path(base_dir) / "preprocessor_config.json" if base_dir else None
-        if processor is not None and processor.is_file():
+        processor = Path(job["base_dir"]) / "preprocessor_config.json"
+        if processor.is_file():
             (directory / "preprocessor_config.json").write_text(processor.read_text())
 
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        if out_dir.exists() and any(out_dir.iterdir()):
-            raise FinetuneError(f"{out_dir} is not empty; choose a new folder so nothing is overwritten.")
         out_dir.mkdir(parents=True, exist_ok=True)
         write(out_dir)
         (out_dir / "version.json").write_text(json.dumps(info, indent=1))
         outcome.out_dir = out_dir
     else:
         outcome.version = registry.add(write, info).name
+    shutil.rmtree(work_dir / CHECKPOINTS, ignore_errors=True)  # the version holds the weights now
     return outcome
+
+
+def finetune(
+    view,
+    base: str,
+    config: FinetuneConfig,
+    registry: Registry | None = None,
+    out_dir: Path | None = None,
+    work_dir: Path | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    cancel: threading.Event | None = None,
+    chunk_s: float | None = None,
+    run: Callable[..., str] = run_chunk,
+    clock: Callable[[], float] = time.monotonic,
+) -> FinetuneResult:
+    """Fine-tune ``base`` on the reviewed samples of ``view``; register the result (or write ``out_dir``).
+
+    `prepare`, then `run_chunk` until done, then `finish`. With ``chunk_s`` each chunk trains at
+    most that long (a ZeroGPU call's slice) and the next continues from its checkpoint; ``run``
+    is the chunk runner (the Train tab passes `run_chunk` wrapped in ``spaces.GPU``). ``on_epoch``
+    gets ``{"epoch", "val_AP"}`` after each epoch's validation, for a live plot. Raises
+    `FinetuneError` before any training when the data cannot work.
+    """
+    if registry is None and out_dir is None:
+        raise FinetuneError("give a registry or an output directory for the new model.")
+    with contextlib.ExitStack() as stack:
+        if work_dir is None:
+            work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="finetune-"))) / "job"
+        job = prepare(view, base, config, Path(work_dir), registry)
+        status = "paused"
+        while status == "paused":
+            status = run(work_dir, progress=progress, on_epoch=on_epoch, cancel=cancel, budget_s=chunk_s, clock=clock)
+        if status == "cancelled":
+            job = json.loads((Path(work_dir) / JOB_FILE).read_text())
+            return FinetuneResult(status="cancelled", labels=job["labels"], before=Metrics(**job["before"]),
+                                  after=None, best_epoch=job["best"]["epoch"], history=job["history"],
+                                  train_ids=[r["sample_id"] for r in job["train"]],
+                                  val_ids=[r["sample_id"] for r in job["val"]], seconds=job["seconds"])
+        return finish(work_dir, registry, out_dir)
 
 
 def per_class_table(result: FinetuneResult) -> list[list]:
