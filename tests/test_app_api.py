@@ -98,3 +98,39 @@ def test_on_a_space_visitors_detect_but_cannot_change_data(client, review_store,
         with pytest.raises(Exception, match="Sign in with your Hugging Face account"):
             client.predict(*args, api_name=api_name)
     assert len(review_store.dataset) == 1 and review_store.get(sample_id).revision == 0  # nothing changed
+
+
+def test_a_full_queue_answers_busy(review_store, monkeypatch):
+    """With room for one waiting event, a third fine-tune request is refused at once, not piled up."""
+    import time
+
+    from gradio_client import Client
+
+    from app import train
+    from app.ui import build_app, launch
+    from training.star_check import build_review_dataset
+
+    build_review_dataset(review_store, 10)
+    monkeypatch.setenv("DETR_STUDIO_MODEL", "bundled")
+    monkeypatch.setenv("DETR_STUDIO_QUEUE_SIZE", "1")
+    demo = launch(build_app(), review_store.media_dir.parent, server_name="127.0.0.1", server_port=None, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        running = client.submit("bundled", 200, 1e-3, "heads", api_name="/finetune")  # runs for minutes
+        deadline = time.time() + 60
+        while train._job is None and time.time() < deadline:
+            time.sleep(0.2)
+        waiting = client.submit("bundled", 1, 1e-3, "heads", api_name="/finetune")  # the one waiting place
+        time.sleep(1.0)
+        with pytest.raises(Exception, match="(?i)queue is full"):
+            client.predict("bundled", 1, 1e-3, "heads", api_name="/finetune")
+    finally:
+        if train._job is not None:
+            train._job.cancel.set()
+        for job in (running, waiting):
+            job.cancel()
+        deadline = time.time() + 60
+        while train._job is not None and time.time() < deadline:  # the worker stops within a step
+            time.sleep(0.2)
+        demo.close()
+    assert train._job is None
