@@ -1,6 +1,7 @@
 """Entry point: build the DETR Studio Gradio app and launch it (also the Spaces `app_file`).
 
     python app.py [--host 127.0.0.1] [--port 7860] [--model NAME] [--data-dir DIR] [--dataset NAME]
+                  [--auth USER:PASSWORD] [--cpu-bf16]
 
 Host and port default to GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, else 127.0.0.1:7860. The data
 directory (FiftyOne database unless FIFTYONE_DATABASE_URI is set, media, model versions) defaults
@@ -32,7 +33,11 @@ def main() -> None:
                         help="name of the FiftyOne review dataset")
     parser.add_argument("--cpu-bf16", action="store_true", help="run models on CPU under bf16 autocast (~1.8x "
                         "faster where the CPU has AVX512-BF16 or AMX; scores move by ~1e-2); or DETR_STUDIO_CPU_BF16=1")
+    parser.add_argument("--auth", default=os.environ.get("DETR_STUDIO_AUTH"), metavar="USER:PASSWORD",
+                        help="password-protect the app (a team server); signed-in users are named in reviews")
     args = parser.parse_args()
+    if args.auth and ":" not in args.auth:
+        parser.error("--auth takes USER:PASSWORD")
     if args.cpu_bf16:
         os.environ["DETR_STUDIO_CPU_BF16"] = "1"
     if args.model:
@@ -46,7 +51,8 @@ def main() -> None:
     from app.ui import build_app, launch
 
     review.configure(args.dataset, data_dir)
-    demo = launch(build_app(), data_dir, server_name=args.host, server_port=args.port)
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    demo = launch(build_app(), data_dir, server_name=args.host, server_port=args.port, auth=auth)
     print(f"FiftyOne App on the review dataset: {demo.local_url.rstrip('/')}/fiftyone/", flush=True)
     demo.block_thread()
 

@@ -49,12 +49,19 @@ def user_name(request) -> str | None:
     return info.get("preferred_username") or getattr(request, "username", None) or None
 
 
-def needs_sign_in(handler: Callable, name_argument: str | None = None) -> Callable:
+def trainers() -> set[str]:
+    """``DETR_STUDIO_TRAINERS``: comma-separated user names allowed to fine-tune; empty means anyone
+    who may change data."""
+    return {name.strip() for name in os.environ.get("DETR_STUDIO_TRAINERS", "").split(",") if name.strip()}
+
+
+def needs_sign_in(handler: Callable, name_argument: str | None = None, training: bool = False) -> Callable:
     """Wrap a Gradio handler that changes data: on a Space, callers who are not signed in get an error.
 
     Hidden buttons are not access control; this runs on every call, the API's included. Gradio
     injects the request because the wrapper declares a last parameter annotated ``gr.Request``.
     ``name_argument`` names a parameter (the reviewer) that a signed-in user's name replaces.
+    ``training``: also require the user to be on the ``DETR_STUDIO_TRAINERS`` list when one is set.
     """
     import gradio as gr
 
@@ -71,6 +78,10 @@ def needs_sign_in(handler: Callable, name_argument: str | None = None) -> Callab
             raise gr.Error("Sign in with your Hugging Face account (button at the top) to change data on this "
                            "Space; detection and the query views work without signing in.")
         user = user_name(request)
+        allowed = trainers() if training else set()
+        if allowed and user not in allowed:
+            raise gr.Error(f"Fine-tuning on this server is limited to {', '.join(sorted(allowed))}; "
+                           f"you are signed in as {user or 'nobody'}.")
         if user and name_argument in names and names.index(name_argument) < len(args):
             index = names.index(name_argument)
             args = (*args[:index], user, *args[index + 1:])

@@ -53,9 +53,9 @@ def _detect_tab(model, threshold, size):
         batch_status = gr.Markdown()
         batch_table = gr.Dataframe(headers=["file", *DETECTION_HEADERS], interactive=False, label="All detections")
     run.click(detect, inputs=[image, model, threshold, size, classes], outputs=[annotated, table, status],
-              api_name="detect")
+              api_name="detect", **MODEL_QUEUE)
     run_batch.click(detect_batch, inputs=[files, model, threshold, size, classes],
-                    outputs=[gallery, batch_table, batch_status], api_name="detect_batch")
+                    outputs=[gallery, batch_table, batch_status], api_name="detect_batch", **MODEL_QUEUE)
     classes.focus(model_labels, inputs=[model], outputs=[classes], api_name=False)
 
     def pick(files, evt: gr.SelectData):
@@ -97,7 +97,7 @@ def _queries_tab(image, files, model, threshold, size):
         plot = gr.Plot(label="Box centres per slot", elem_id="slots-plot")
 
     inspect.click(queries.run_queries, inputs=[image, model, size, threshold],
-                  outputs=[key, table, grid, layer, head, query_status], api_name="queries").then(
+                  outputs=[key, table, grid, layer, head, query_status], api_name="queries", **MODEL_QUEUE).then(
         queries.query_attention, inputs=[key, query, layer, head, threshold], outputs=[overlay, grid, details],
         api_name=False)
     show = dict(fn=queries.query_attention, inputs=[key, query, layer, head, threshold],
@@ -114,8 +114,15 @@ def _queries_tab(image, files, model, threshold, size):
             "filepath")
         return queries.slot_specialization(images, model_name, slots_text, size)
 
-    plot_button.click(slot_plot, inputs=[files, model, slots, size], outputs=[plot], api_name="slot_plot")
+    plot_button.click(slot_plot, inputs=[files, model, slots, size], outputs=[plot], api_name="slot_plot",
+                      **MODEL_QUEUE)
     return key, query, promote
+
+
+# Events that run a model share one concurrency group, so two of them never hold the model (and
+# its memory) at once: DETR_STUDIO_MODEL_CONCURRENCY of them run together (default 1).
+MODEL_QUEUE = {"concurrency_id": "model",
+               "concurrency_limit": int(os.environ.get("DETR_STUDIO_MODEL_CONCURRENCY", "1"))}
 
 
 def _with_labels(handler):
@@ -206,7 +213,7 @@ def _train_tab(model):
     refresh = dict(fn=lambda: (train.training_summary(), train.versions_table()), outputs=[summary, versions],
                    api_name=False)
     trainable.change(SUGGESTED_LR.get, inputs=[trainable], outputs=[lr], api_name=False)
-    start.click(needs_sign_in(train.start_finetune), inputs=[model, epochs, lr, trainable], outputs=[status, plot, table, new_version],
+    start.click(needs_sign_in(train.start_finetune, training=True), inputs=[model, epochs, lr, trainable], outputs=[status, plot, table, new_version],
                 api_name="finetune").then(**refresh)
     cancel.click(needs_sign_in(train.cancel_finetune), outputs=[status], api_name="cancel_finetune")
     use.click(select_model, inputs=[new_version], outputs=[model], api_name=False)
@@ -248,7 +255,7 @@ def build_app() -> gr.Blocks:
 
         loaded = [r["editor"], r["sample_id"], r["revision"], r["status"]]
         send.click(needs_sign_in(_with_labels(review.send_to_review)), inputs=[image, model, threshold, size], outputs=loaded,
-                   api_name="send_to_review").then(review.review_counts, outputs=[r["counts"]], api_name=False)
+                   api_name="send_to_review", **MODEL_QUEUE).then(review.review_counts, outputs=[r["counts"]], api_name=False)
         promote.click(needs_sign_in(_with_labels(review.promote_query)), inputs=[key, query, r["sample_id"], r["editor"], threshold],
                       outputs=loaded, api_name="promote_query")
         r["save"].click(needs_sign_in(_with_labels(review.save_review), "reviewer"), inputs=[r["sample_id"], r["revision"], r["editor"], r["reviewer"],
@@ -259,9 +266,9 @@ def build_app() -> gr.Blocks:
         r["next"].click(_with_labels(review.next_to_review), inputs=[r["sample_id"], threshold], outputs=loaded,
                         api_name="next_to_review").then(review.review_counts, outputs=[r["counts"]], api_name=False)
         r["import_folder"].click(needs_sign_in(review.import_folder), inputs=[r["folder"], model, threshold, size],
-                                 outputs=[r["io_status"]], api_name="import_folder")
+                                 outputs=[r["io_status"]], api_name="import_folder", **MODEL_QUEUE)
         r["import_coco"].click(needs_sign_in(review.import_coco), inputs=[r["coco"], r["coco_images"], model, threshold, size],
-                               outputs=[r["io_status"]], api_name="import_coco")
+                               outputs=[r["io_status"]], api_name="import_coco", **MODEL_QUEUE)
         r["export"].click(needs_sign_in(review.export_coco), inputs=[r["export_dir"]], outputs=[r["io_status"]],
                           api_name="export_coco")
         r["evaluate"].click(needs_sign_in(review.evaluate_reviewed), outputs=[r["eval_summary"], r["per_class"], r["pr_plot"]],

@@ -134,3 +134,28 @@ def test_a_full_queue_answers_busy(review_store, monkeypatch):
             time.sleep(0.2)
         demo.close()
     assert train._job is None
+
+
+def test_a_password_protected_team_server_names_the_signed_in_reviewer(review_store, tiny_detr_dir, monkeypatch):
+    """`--auth USER:PASSWORD`: the user may change data (even where SPACE_ID is set) and is the reviewer."""
+    from gradio_client import Client, handle_file
+
+    from app.ui import build_app, launch
+
+    monkeypatch.setenv("DETR_STUDIO_MODEL", str(tiny_detr_dir))
+    monkeypatch.setenv("SPACE_ID", "someone/detr-studio")
+    demo = launch(build_app(), review_store.media_dir.parent, server_name="127.0.0.1", server_port=None, quiet=True,
+                  auth=("ana", "secret"))
+    try:
+        client = Client(demo.local_url, verbose=False, auth=("ana", "secret"))
+        image = handle_file(str(SHAPES))
+        editor, sample_id, revision, status = client.predict(image, str(tiny_detr_dir), 0.5, 256,
+                                                             api_name="/send_to_review")
+        value = {"image": image, "boxes": [{"xmin": 10, "ymin": 12, "xmax": 60, "ymax": 70, "label": "circle"}]}
+        client.predict(sample_id, revision, value, "somebody else", 0.5, api_name="/save_review")
+        assert review_store.get(sample_id).reviewer == "ana"
+        monkeypatch.setenv("DETR_STUDIO_TRAINERS", "bob, carol")  # an allow-list for fine-tuning
+        with pytest.raises(Exception, match="limited to bob, carol; you are signed in as ana"):
+            client.predict("bundled", 1, 1e-3, "heads", api_name="/finetune")
+    finally:
+        demo.close()
