@@ -51,6 +51,10 @@ def main() -> None:
     from app.ui import build_app, launch
 
     review.configure(args.dataset, data_dir)
+    from app import train
+
+    if resumed := train.continue_unfinished():
+        print(f"Continuing an interrupted fine-tune of {resumed} in the background.", flush=True)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     demo = launch(build_app(), data_dir, server_name=args.host, server_port=args.port, auth=auth)
     print(f"FiftyOne App on the review dataset: {demo.local_url.rstrip('/')}/fiftyone/", flush=True)

@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,8 @@ import matplotlib.pyplot as plt
 from app import review
 from app.access import public_space_without_login
 from core.train import TRAINABLE
-from training.finetune import (JOB_FILE, FinetuneConfig, FinetuneError, finetune, per_class_table,
-                               reviewed_samples, run_chunk)
+from training.finetune import (JOB_FILE, FinetuneConfig, FinetuneError, continue_job, finetune, per_class_table,
+                               reviewed_samples, run_chunk, unfinished_job)
 from training.registry import RegistryError
 
 VERSION_HEADERS = ["version", "parent", "created", "val AP before", "val AP after", "labels", "samples"]
@@ -49,6 +50,9 @@ def training_summary() -> str:
     if public_space_without_login():
         text += ("\n\nFine-tuning is disabled on this public Space: it has no login configured, so anyone could "
                  "start jobs. Duplicate the Space (or run it locally) to fine-tune.")
+    if _job is not None:
+        text += (f"\n\nA fine-tune of `{_job.base}` is running (started {(time.time() - _job.started) / 60:.0f} min "
+                 "ago); its version appears in the list below when it finishes.")
     return text
 
 
@@ -66,14 +70,18 @@ def _plot(history: list[dict], losses: list[tuple[int, float]]):
     return figure
 
 
-def start_finetune(base: str, epochs: int, lr: float, trainable: str = FinetuneConfig.trainable):
-    """Run a fine-tune of ``base`` on the reviewed samples; yields ``(status, plot, table, new model)``."""
+def _work_dir() -> Path:
+    return review.data_dir() / "finetune-work"
+
+
+def _callbacks(job: Job) -> dict:
+    return {"progress": lambda p: job.events.put(("progress", p)), "on_epoch": lambda h: job.events.put(("epoch", h)),
+            "cancel": job.cancel}
+
+
+def _start(base: str, produce: Callable[[Job], object]) -> Job:
+    """Run ``produce(job)`` in a worker thread as the server's one job; refuse if one is running."""
     global _job
-    if public_space_without_login():
-        raise gr.Error("Fine-tuning is disabled on a public Space without login.")
-    if trainable not in TRAINABLE:
-        raise gr.Error(f"What trains must be one of {', '.join(TRAINABLE)}; got {trainable!r}.")
-    config = FinetuneConfig(epochs=int(epochs), lr=float(lr), lr_backbone=float(lr) / 10, trainable=trainable)
     with _lock:
         if _job is not None:
             minutes = (time.time() - _job.started) / 60
@@ -84,20 +92,39 @@ def start_finetune(base: str, epochs: int, lr: float, trainable: str = FinetuneC
     def work():
         global _job
         try:
-            run, chunk_s = _chunk_runner()
-            result = finetune(review.store().dataset, base, config, registry=review.registry(),
-                              work_dir=review.data_dir() / "finetune-work", run=run, chunk_s=chunk_s,
-                              progress=lambda p: job.events.put(("progress", p)),
-                              on_epoch=lambda h: job.events.put(("epoch", h)), cancel=job.cancel)
-            job.events.put(("done", result))
+            job.events.put(("done", produce(job)))
         except Exception as error:  # reported to the page; the registry is unchanged
             job.events.put(("error", error))
         finally:
             with _lock:
                 _job = None
 
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
+    threading.Thread(target=work, daemon=True).start()
+    return job
+
+
+def continue_unfinished() -> str | None:
+    """At start-up, continue in the background a fine-tune that a restart interrupted (its job
+    folder and checkpoints are under the data directory). Returns the job's base model, or None."""
+    pending = unfinished_job(_work_dir())
+    if pending is None:
+        return None
+    run, chunk_s = _chunk_runner()
+    _start(pending["base"], lambda job: continue_job(_work_dir(), review.registry(), run=run, chunk_s=chunk_s,
+                                                     **_callbacks(job)))
+    return pending["base"]
+
+
+def start_finetune(base: str, epochs: int, lr: float, trainable: str = FinetuneConfig.trainable):
+    """Run a fine-tune of ``base`` on the reviewed samples; yields ``(status, plot, table, new model)``."""
+    if public_space_without_login():
+        raise gr.Error("Fine-tuning is disabled on a public Space without login.")
+    if trainable not in TRAINABLE:
+        raise gr.Error(f"What trains must be one of {', '.join(TRAINABLE)}; got {trainable!r}.")
+    config = FinetuneConfig(epochs=int(epochs), lr=float(lr), lr_backbone=float(lr) / 10, trainable=trainable)
+    run, chunk_s = _chunk_runner()
+    job = _start(base, lambda job: finetune(review.store().dataset, base, config, registry=review.registry(),
+                                            work_dir=_work_dir(), run=run, chunk_s=chunk_s, **_callbacks(job)))
     history, losses, status = [], [], "Starting: evaluating the base model on the validation samples..."
     yield status, _plot(history, losses), [], gr.update()
     while True:

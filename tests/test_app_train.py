@@ -80,3 +80,38 @@ def test_on_zerogpu_the_tab_trains_in_gpu_chunks_and_still_plots_epochs(review_s
     assert list(plotted) == [0, 1, 2]
     info = app.review.registry().get("version:v0001").info
     assert [h["epoch"] for h in info["history"]] == [0, 1, 2]
+
+
+def test_a_fine_tune_interrupted_by_a_restart_continues_at_start_up(review_store):
+    """Chunks ran, then the server went away: the next start-up continues the job to a version."""
+    import time
+
+    from training.finetune import FinetuneConfig, prepare, run_chunk, unfinished_job
+
+    build_review_dataset(review_store, 10)
+    work = app.review.data_dir() / "finetune-work"
+    prepare(review_store.dataset, "bundled", FinetuneConfig(epochs=3, batch_size=2), work, app.review.registry())
+    ticks = iter(range(100_000))
+    assert run_chunk(work, budget_s=3, clock=lambda: float(next(ticks))) == "paused"  # then the "restart"
+    assert unfinished_job(work)["status"] == "paused"
+    assert train.continue_unfinished() == "bundled"
+    assert "is running" in train.training_summary()
+    deadline = time.time() + 120
+    while train._job is not None and time.time() < deadline:
+        time.sleep(0.2)
+    assert [v.name for v in app.review.registry().versions()] == ["version:v0001"]
+    assert unfinished_job(work) is None and train.continue_unfinished() is None  # nothing left to continue
+
+
+def test_a_cancelled_fine_tune_is_not_continued(review_store):
+    import threading
+
+    from training.finetune import FinetuneConfig, prepare, run_chunk, unfinished_job
+
+    build_review_dataset(review_store, 10)
+    work = app.review.data_dir() / "finetune-work"
+    prepare(review_store.dataset, "bundled", FinetuneConfig(epochs=3, batch_size=2), work, app.review.registry())
+    cancel = threading.Event()
+    cancel.set()
+    assert run_chunk(work, cancel=cancel) == "cancelled"
+    assert unfinished_job(work) is None and train.continue_unfinished() is None

@@ -336,8 +336,7 @@ def run_chunk(
         validate(result.epoch)  # a run capped by max_steps ends mid-epoch: score where it stopped
     job["steps"] = result.step
     job["seconds"] += time.perf_counter() - started
-    if result.status != "cancelled":
-        job["status"] = result.status
+    job["status"] = result.status
     _write_json(work_dir / JOB_FILE, job)
     return result.status
 
@@ -346,6 +345,8 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
     """Score the job's best epoch and write it as a new registry version (or to ``out_dir``)."""
     work_dir = Path(work_dir)
     job = json.loads((work_dir / JOB_FILE).read_text())
+    if job["status"] == "registered":
+        raise FinetuneError(f"the fine-tune in {work_dir} was already written as {job.get('version')}.")
     if job["status"] not in ("finished", "stopped_early"):
         raise FinetuneError(f"the fine-tune in {work_dir} has not finished (status {job['status']!r}); continue it first.")
     if out_dir is not None:
@@ -389,6 +390,8 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
         outcome.out_dir = out_dir
     else:
         outcome.version = registry.add(write, info).name
+    job["status"], job["version"] = "registered", outcome.version or str(out_dir)
+    _write_json(work_dir / JOB_FILE, job)
     shutil.rmtree(work_dir / CHECKPOINTS, ignore_errors=True)  # the version holds the weights now
     return outcome
 
@@ -420,17 +423,45 @@ def finetune(
     with contextlib.ExitStack() as stack:
         if work_dir is None:
             work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="finetune-"))) / "job"
-        job = prepare(view, base, config, Path(work_dir), registry)
-        status = "paused"
-        while status == "paused":
-            status = run(work_dir, progress=progress, on_epoch=on_epoch, cancel=cancel, budget_s=chunk_s, clock=clock)
-        if status == "cancelled":
-            job = json.loads((Path(work_dir) / JOB_FILE).read_text())
-            return FinetuneResult(status="cancelled", labels=job["labels"], before=Metrics(**job["before"]),
-                                  after=None, best_epoch=job["best"]["epoch"], history=job["history"],
-                                  train_ids=[r["sample_id"] for r in job["train"]],
-                                  val_ids=[r["sample_id"] for r in job["val"]], seconds=job["seconds"])
-        return finish(work_dir, registry, out_dir)
+        prepare(view, base, config, Path(work_dir), registry)
+        return continue_job(work_dir, registry, out_dir, progress, on_epoch, cancel, chunk_s, run, clock)
+
+
+def unfinished_job(work_dir: Path) -> dict | None:
+    """The job in ``work_dir`` if one was started, not cancelled, and not yet written as a version
+    (training interrupted, or interrupted while writing the version)."""
+    path = Path(work_dir) / JOB_FILE
+    if not path.is_file():
+        return None
+    job = json.loads(path.read_text())
+    return None if job["status"] in ("registered", "cancelled") else job
+
+
+def continue_job(
+    work_dir: Path,
+    registry: Registry | None = None,
+    out_dir: Path | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    cancel: threading.Event | None = None,
+    chunk_s: float | None = None,
+    run: Callable[..., str] = run_chunk,
+    clock: Callable[[], float] = time.monotonic,
+) -> FinetuneResult:
+    """Run the prepared (or interrupted) job in ``work_dir`` chunk by chunk to the end, then `finish`.
+
+    After a restart this picks the job up from its last checkpoint (a Space restart, a crash).
+    """
+    status = "paused"
+    while status == "paused":
+        status = run(work_dir, progress=progress, on_epoch=on_epoch, cancel=cancel, budget_s=chunk_s, clock=clock)
+    if status == "cancelled":
+        job = json.loads((Path(work_dir) / JOB_FILE).read_text())
+        return FinetuneResult(status="cancelled", labels=job["labels"], before=Metrics(**job["before"]),
+                              after=None, best_epoch=job["best"]["epoch"], history=job["history"],
+                              train_ids=[r["sample_id"] for r in job["train"]],
+                              val_ids=[r["sample_id"] for r in job["val"]], seconds=job["seconds"])
+    return finish(work_dir, registry, out_dir)
 
 
 def per_class_table(result: FinetuneResult) -> list[list]:
