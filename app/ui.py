@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import gradio as gr
+import torch
 from gradio_image_annotation import image_annotator
 
 from app import queries, review, train
@@ -213,8 +214,11 @@ def _train_tab(model):
     refresh = dict(fn=lambda: (train.training_summary(), train.versions_table()), outputs=[summary, versions],
                    api_name=False)
     trainable.change(SUGGESTED_LR.get, inputs=[trainable], outputs=[lr], api_name=False)
-    start.click(needs_sign_in(train.start_finetune, training=True), inputs=[model, epochs, lr, trainable], outputs=[status, plot, table, new_version],
-                api_name="finetune").then(**refresh)
+    # On a GPU (or ZeroGPU) training and inference share the device, so the fine-tune joins the model
+    # group; on CPU it would block detection for minutes, so it runs beside it.
+    shared = MODEL_QUEUE if torch.cuda.is_available() or train.spaces is not None else {}
+    start.click(needs_sign_in(train.start_finetune, training=True), inputs=[model, epochs, lr, trainable],
+                outputs=[status, plot, table, new_version], api_name="finetune", **shared).then(**refresh)
     cancel.click(needs_sign_in(train.cancel_finetune), outputs=[status], api_name="cancel_finetune")
     use.click(select_model, inputs=[new_version], outputs=[model], api_name=False)
     def pick_version(evt: gr.SelectData):
@@ -254,25 +258,29 @@ def build_app() -> gr.Blocks:
         fiftyone_tab.select(review.fiftyone_frame, outputs=[fiftyone_links, fiftyone_frame], api_name=False)
 
         loaded = [r["editor"], r["sample_id"], r["revision"], r["status"]]
-        send.click(needs_sign_in(_with_labels(review.send_to_review)), inputs=[image, model, threshold, size], outputs=loaded,
-                   api_name="send_to_review", **MODEL_QUEUE).then(review.review_counts, outputs=[r["counts"]], api_name=False)
-        promote.click(needs_sign_in(_with_labels(review.promote_query)), inputs=[key, query, r["sample_id"], r["editor"], threshold],
-                      outputs=loaded, api_name="promote_query")
-        r["save"].click(needs_sign_in(_with_labels(review.save_review), "reviewer"), inputs=[r["sample_id"], r["revision"], r["editor"], r["reviewer"],
-                                                    threshold], outputs=loaded, api_name="save_review").then(
-            review.review_counts, outputs=[r["counts"]], api_name=False)
-        r["undo"].click(needs_sign_in(_with_labels(review.undo_review), "reviewer"), inputs=[r["sample_id"], r["revision"], r["reviewer"], threshold],
-                        outputs=loaded, api_name="undo_review")
+        counts = dict(fn=review.review_counts, outputs=[r["counts"]], api_name=False)
+        send.click(needs_sign_in(_with_labels(review.send_to_review)), inputs=[image, model, threshold, size],
+                   outputs=loaded, api_name="send_to_review", **MODEL_QUEUE).then(**counts)
+        promote.click(needs_sign_in(_with_labels(review.promote_query)),
+                      inputs=[key, query, r["sample_id"], r["editor"], threshold], outputs=loaded,
+                      api_name="promote_query")
+        r["save"].click(needs_sign_in(_with_labels(review.save_review), "reviewer"),
+                        inputs=[r["sample_id"], r["revision"], r["editor"], r["reviewer"], threshold],
+                        outputs=loaded, api_name="save_review").then(**counts)
+        r["undo"].click(needs_sign_in(_with_labels(review.undo_review), "reviewer"),
+                        inputs=[r["sample_id"], r["revision"], r["reviewer"], threshold], outputs=loaded,
+                        api_name="undo_review")
         r["next"].click(_with_labels(review.next_to_review), inputs=[r["sample_id"], threshold], outputs=loaded,
-                        api_name="next_to_review").then(review.review_counts, outputs=[r["counts"]], api_name=False)
+                        api_name="next_to_review").then(**counts)
         r["import_folder"].click(needs_sign_in(review.import_folder), inputs=[r["folder"], model, threshold, size],
                                  outputs=[r["io_status"]], api_name="import_folder", **MODEL_QUEUE)
-        r["import_coco"].click(needs_sign_in(review.import_coco), inputs=[r["coco"], r["coco_images"], model, threshold, size],
+        r["import_coco"].click(needs_sign_in(review.import_coco),
+                               inputs=[r["coco"], r["coco_images"], model, threshold, size],
                                outputs=[r["io_status"]], api_name="import_coco", **MODEL_QUEUE)
         r["export"].click(needs_sign_in(review.export_coco), inputs=[r["export_dir"]], outputs=[r["io_status"]],
                           api_name="export_coco")
-        r["evaluate"].click(needs_sign_in(review.evaluate_reviewed), outputs=[r["eval_summary"], r["per_class"], r["pr_plot"]],
-                            api_name="evaluate")
+        r["evaluate"].click(needs_sign_in(review.evaluate_reviewed),
+                            outputs=[r["eval_summary"], r["per_class"], r["pr_plot"]], api_name="evaluate")
         r["open_app"].click(review.open_fiftyone, outputs=[r["fiftyone_link"]], api_name="open_fiftyone")
     return demo
 

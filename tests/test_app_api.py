@@ -18,12 +18,10 @@ API_NAMES = ["/detect", "/detect_batch", "/queries", "/query_attention", "/slot_
 def client(review_store, tiny_detr_dir, monkeypatch):
     from gradio_client import Client
 
-    from app.ui import build_app, launch_options
+    from app.ui import build_app, launch
 
     monkeypatch.setenv("DETR_STUDIO_MODEL", str(tiny_detr_dir))
-    demo = build_app()
-    demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                        **launch_options(review_store.media_dir.parent))
+    demo = launch(build_app(), review_store.media_dir.parent, server_name="127.0.0.1", server_port=None, quiet=True)
     yield Client(demo.local_url, verbose=False)
     demo.close()
 
@@ -159,3 +157,21 @@ def test_a_password_protected_team_server_names_the_signed_in_reviewer(review_st
             client.predict("bundled", 1, 1e-3, "heads", api_name="/finetune")
     finally:
         demo.close()
+
+
+def test_an_upload_over_the_cap_is_refused(client, tmp_path):
+    """launch(max_file_size=50 MB): Gradio's upload route refuses a bigger file before any handler runs."""
+    import httpx
+
+    from app.ui import MAX_UPLOAD
+
+    assert MAX_UPLOAD == "50mb"
+    url = f"{client.src.rstrip('/')}/gradio_api/upload"
+    small, big = tmp_path / "small.png", tmp_path / "big.png"
+    small.write_bytes(SHAPES.read_bytes())
+    big.write_bytes(b"\0" * (51 * 1024 * 1024))
+    with small.open("rb") as handle:
+        assert httpx.post(url, files={"files": handle}, timeout=60).status_code == 200
+    with big.open("rb") as handle:
+        response = httpx.post(url, files={"files": handle}, timeout=60)
+    assert response.status_code == 413, response.text

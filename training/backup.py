@@ -54,8 +54,8 @@ def backup(store, registry: Registry, out_dir: Path) -> dict:
                 detections = sample.predictions.detections if sample.predictions is not None else []
                 record = sample.review.to_dict() if sample.review is not None else {}
                 record.pop("_cls", None)
-                records[Path(sample.filepath).name] = {
-                    "review": record, "model_versions": sorted({d.model_version for d in detections if d.model_version})}
+                versions_used = sorted({d.model_version for d in detections if d.model_version})
+                records[Path(sample.filepath).name] = {"review": record, "model_versions": versions_used}
             (tmp / "reviews" / "records.json").write_text(json.dumps(records, indent=1, default=str))
         for version in versions:
             shutil.copytree(version.path, tmp / "models" / version.id)

@@ -263,6 +263,7 @@ def prepare(view, base: str, config: FinetuneConfig, work_dir: Path, registry: R
     reviewed_names = [name for s in samples for name in s.names]
     labels = list(detector.labels) + [name for name in dict.fromkeys(reviewed_names) if name not in detector.labels]
     size = config.shortest_edge or detector.preprocess.shortest_edge
+    longest = max(size, round(size * detector.preprocess.longest_edge / detector.preprocess.shortest_edge))
     detector.model.eval()
     before = evaluate_on(detector, val_set, labels, size)
     work_dir = Path(work_dir)
@@ -270,7 +271,7 @@ def prepare(view, base: str, config: FinetuneConfig, work_dir: Path, registry: R
     work_dir.mkdir(parents=True)
     job = {
         "base": base, "base_dir": str(base_dir), "kind": detector.kind, "dataset": _name(view), "labels": labels,
-        "size": size, "longest": max(size, round(size * detector.preprocess.longest_edge / detector.preprocess.shortest_edge)),
+        "size": size, "longest": longest,
         "config": asdict(config), "before": asdict(before), "history": [], "best": {"ap": -1.0, "epoch": -1},
         "status": "prepared", "steps": 0, "seconds": 0.0,
         "train": [{**asdict(s), "boxes": s.boxes.tolist()} for s in train_set],
@@ -348,7 +349,8 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
     if job["status"] == "registered":
         raise FinetuneError(f"the fine-tune in {work_dir} was already written as {job.get('version')}.")
     if job["status"] not in ("finished", "stopped_early"):
-        raise FinetuneError(f"the fine-tune in {work_dir} has not finished (status {job['status']!r}); continue it first.")
+        raise FinetuneError(f"the fine-tune in {work_dir} has not finished (status {job['status']!r}); "
+                            "continue it first.")
     if out_dir is not None:
         out_dir = Path(out_dir)
         if out_dir.exists() and any(out_dir.iterdir()):
