@@ -1,0 +1,89 @@
+"""ATSS anchors and assignment: hand-made cases (threshold, centre-inside rule, ties), empty
+targets, and the vectorised assigner against a plain loop over boxes and levels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.atss import atss_assign, make_anchors
+from core.boxes import box_iou
+
+
+def test_anchors_are_square_centred_on_each_location_level_by_level():
+    anchors, levels = make_anchors([(2, 3), (1, 1)], strides=[8, 16], scale=2)
+    assert anchors.shape == (7, 4) and levels.tolist() == [0] * 6 + [1]
+    assert anchors[0].tolist() == [-4.0, -4.0, 12.0, 12.0]  # centre (4, 4), side 2 * 8
+    assert anchors[5].tolist() == [12.0, 4.0, 28.0, 20.0]  # row 1, column 2: centre (20, 12)
+    assert anchors[6].tolist() == [-8.0, -8.0, 24.0, 24.0]
+    with pytest.raises(ValueError, match="2 feature sizes but 1 strides"):
+        make_anchors([(2, 3), (1, 1)], strides=[8])
+
+
+def test_threshold_is_mean_plus_std_of_the_candidates():
+    # Three anchors on one level, all candidates (topk 3); IoUs with the box 1, 1/2 and 0 (by hand).
+    anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 20], [30, 30, 40, 40]])
+    box = torch.tensor([[0.0, 0, 10, 10]])
+    assigned, iou = atss_assign(anchors, torch.zeros(3, dtype=torch.long), box, topk=3)
+    # mean 0.5, unbiased std 0.5 -> threshold 1.0: only the exact anchor reaches it
+    assert assigned.tolist() == [0, -1, -1] and iou.tolist() == [1.0, 0.0, 0.0]
+    # topk 2 keeps the two nearest: IoUs 1 and 1/2, mean 0.75, std 0.354 -> threshold 1.104: none
+    assigned, _ = atss_assign(anchors, torch.zeros(3, dtype=torch.long), box, topk=2)
+    assert assigned.tolist() == [-1, -1, -1]
+
+
+def test_centre_must_lie_inside_the_box():
+    # Three candidates with IoU exactly 1/3 (threshold 1/3 + 0); the first's centre (0, 15) is on
+    # the box's left edge, the others' centres (15, 5) and (15, 25) are inside.
+    box = torch.tensor([[0.0, 0, 30, 30]])
+    anchors = torch.tensor([[-15.0, 0, 15, 30], [0.0, 0, 30, 10], [0.0, 20, 30, 30]])
+    assigned, iou = atss_assign(anchors, torch.zeros(3, dtype=torch.long), box, topk=3)
+    assert assigned.tolist() == [-1, 0, 0] and iou[1].item() == pytest.approx(1 / 3)
+
+
+def test_an_anchor_claimed_twice_goes_to_the_box_it_overlaps_most_and_ties_to_the_first():
+    anchors = torch.tensor([[0.0, 0, 10, 10]])
+    boxes = torch.tensor([[0.0, 0, 12, 12], [0.0, 0, 10, 11], [0.0, 0, 10, 11]])  # IoU 0.69, 0.91, 0.91
+    assigned, iou = atss_assign(anchors, torch.zeros(1, dtype=torch.long), boxes, topk=1)
+    assert assigned.tolist() == [1] and iou.item() == pytest.approx(100 / 110)
+
+
+def test_no_boxes_means_every_anchor_is_negative():
+    anchors, levels = make_anchors([(4, 4)], strides=[8])
+    assigned, iou = atss_assign(anchors, levels, torch.zeros(0, 4))
+    assert (assigned == -1).all() and (iou == 0).all()
+
+
+def reference(anchors, levels, boxes, topk):
+    """ATSS written plainly: one box and one level at a time."""
+    assigned = torch.full((len(anchors),), -1)
+    best = torch.full((len(anchors),), -1.0)
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    for g, box in enumerate(boxes):
+        centre = (box[:2] + box[2:]) / 2
+        candidates = []
+        for level in levels.unique():
+            index = (levels == level).nonzero().squeeze(1)
+            distance = (centres[index] - centre).norm(dim=1)
+            candidates += index[distance.argsort()[:topk]].tolist()
+        ious = box_iou(anchors[candidates], box[None])[0][:, 0]
+        threshold = ious.mean() + ious.std()
+        for a, value in zip(candidates, ious.tolist()):
+            x, y = centres[a].tolist()
+            inside = min(x - box[0], y - box[1], box[2] - x, box[3] - y) > 0.01
+            if value >= threshold and inside and value > best[a]:
+                assigned[a], best[a] = g, value
+    return assigned
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorised_assigner_equals_the_plain_loop(seed):
+    generator = torch.Generator().manual_seed(seed)
+    anchors, levels = make_anchors([(16, 20), (8, 10), (4, 5)], strides=[8, 16, 32], scale=4)
+    count = int(torch.randint(1, 12, (1,), generator=generator))
+    top_left = torch.rand(count, 2, generator=generator) * 120
+    size = torch.rand(count, 2, generator=generator) * 80 + 4
+    boxes = torch.cat([top_left, top_left + size], 1)
+    assigned, _ = atss_assign(anchors, levels, boxes, topk=9)
+    assert torch.equal(assigned, reference(anchors, levels, boxes, topk=9))
+    assert (assigned >= 0).any()  # something was assigned, so the comparison means something
