@@ -7,15 +7,19 @@ its candidates' IoUs; a candidate is positive when its IoU reaches the threshold
 lies inside the box. An anchor that is positive for several boxes goes to the one it overlaps
 most (the lowest box index on an exact tie).
 
-Everything is in pixels of the padded input, boxes ``xyxy``. Only the assignment lives here; the
-head that uses it is separate.
+Everything is in pixels of the padded input, boxes ``xyxy``. Also here: Co-DETR's auxiliary ATSS
+head (towers, class / box / centerness outputs, per-level scales) and its loss (focal, GIoU
+weighted by centerness, centerness BCE).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from core.boxes import box_iou
 
@@ -91,3 +95,115 @@ def atss_assign(anchors: torch.Tensor, levels: torch.Tensor, gt_boxes: torch.Ten
     has_box = best_iou >= 0
     assigned[has_box] = best_gt[has_box]
     return assigned, torch.where(has_box, best_iou, torch.zeros_like(best_iou))
+
+
+class Scale(nn.Module):
+    """A learned scalar per level for the box branch (FCOS/ATSS: levels see different box sizes)."""
+
+    def __init__(self, value: float = 1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+class ATSSHead(nn.Module):
+    """Co-DETR's auxiliary ATSS head: per level, a classification tower and a box tower of
+    ``num_convs`` 3x3 conv + GroupNorm + ReLU, then class logits, box deltas and a centerness logit
+    per location (one anchor per location).
+
+    Outputs, levels concatenated in `make_anchors` order: ``logits [B, A, C]``, ``deltas [B, A, 4]``
+    (``dx, dy`` in anchor sides, ``dw, dh`` as log-scales), ``centerness [B, A]``.
+    """
+
+    def __init__(self, d_model: int, num_classes: int, num_levels: int, num_convs: int = 1, prior_prob: float = 0.01):
+        super().__init__()
+        from core.pyramid import _group_norm
+
+        def tower() -> nn.Sequential:
+            layers = []
+            for _ in range(num_convs):
+                layers += [nn.Conv2d(d_model, d_model, 3, padding=1), _group_norm(d_model), nn.ReLU(inplace=True)]
+            return nn.Sequential(*layers)
+
+        self.cls_tower, self.box_tower = tower(), tower()
+        self.cls = nn.Conv2d(d_model, num_classes, 3, padding=1)
+        self.box = nn.Conv2d(d_model, 4, 3, padding=1)
+        self.centerness = nn.Conv2d(d_model, 1, 3, padding=1)
+        self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
+        nn.init.constant_(self.cls.bias, -math.log((1 - prior_prob) / prior_prob))  # rare positives at first
+        for conv in (self.cls, self.box, self.centerness):
+            nn.init.normal_(conv.weight, std=0.01)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, deltas, centerness = [], [], []
+        for level, feature in enumerate(features):
+            cls_feature, box_feature = self.cls_tower(feature), self.box_tower(feature)
+            logits.append(self.cls(cls_feature).flatten(2).transpose(1, 2))
+            deltas.append(self.scales[level](self.box(box_feature)).flatten(2).transpose(1, 2))
+            centerness.append(self.centerness(box_feature).flatten(2).squeeze(1))
+        return torch.cat(logits, 1), torch.cat(deltas, 1), torch.cat(centerness, 1)
+
+
+def decode_boxes(anchors: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+    """Anchors ``[A, 4]`` xyxy and deltas ``[..., A, 4]`` -> boxes ``[..., A, 4]`` xyxy (px)."""
+    size = anchors[:, 2:] - anchors[:, :2]
+    centre = (anchors[:, :2] + anchors[:, 2:]) / 2 + deltas[..., :2] * size
+    half = size * deltas[..., 2:].clamp(max=math.log(1000 / 16)).exp() / 2  # mmdet's clamp against overflow
+    return torch.cat([centre - half, centre + half], -1)
+
+
+def centerness_target(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """FCOS centerness of each anchor centre inside its box: ``sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b))``."""
+    centre = (anchors[:, :2] + anchors[:, 2:]) / 2
+    left_top = centre - boxes[:, :2]
+    right_bottom = boxes[:, 2:] - centre
+    ratio = (torch.minimum(left_top, right_bottom).clamp(min=0)
+             / torch.maximum(left_top, right_bottom).clamp(min=1e-6))
+    return (ratio[:, 0] * ratio[:, 1]).sqrt()
+
+
+def atss_loss(logits: torch.Tensor, deltas: torch.Tensor, centerness: torch.Tensor, anchors: torch.Tensor,
+              levels: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]], topk: int = 9,
+              focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> dict[str, torch.Tensor]:
+    """Focal classification and centerness BCE averaged over the batch's positive anchors (at least
+    1, so images without boxes give a finite loss), and GIoU averaged with the centerness targets
+    as weights.
+
+    Args:
+        logits ``[B, A, C]``, deltas ``[B, A, 4]``, centerness ``[B, A]``: the head's outputs.
+        anchors ``[A, 4]`` xyxy px, levels ``[A]``: from `make_anchors`.
+        targets: per image ``class_labels [N]`` and ``boxes_xyxy [N, 4]`` in input pixels.
+    Computed in float32 whatever the autocast dtype of the inputs.
+    """
+    from core.boxes import paired_generalized_box_iou
+    from core.losses import sigmoid_focal_loss
+
+    logits, deltas, centerness = logits.float(), deltas.float(), centerness.float()
+    class_targets = torch.zeros_like(logits)
+    giou_terms, centerness_terms, weights = [], [], []
+    positives = 0
+    for b, target in enumerate(targets):
+        boxes = target["boxes_xyxy"].float()
+        assigned, _ = atss_assign(anchors, levels, boxes, topk)
+        positive = assigned >= 0
+        if not positive.any():
+            continue
+        positives += int(positive.sum())
+        matched = boxes[assigned[positive]]
+        class_targets[b, positive, target["class_labels"][assigned[positive]]] = 1.0
+        predicted = decode_boxes(anchors[positive], deltas[b, positive])
+        weight = centerness_target(anchors[positive], matched)
+        giou_terms.append(((1 - paired_generalized_box_iou(predicted, matched)) * weight).sum())
+        weights.append(weight.sum())
+        centerness_terms.append(F.binary_cross_entropy_with_logits(centerness[b, positive], weight, reduction="sum"))
+    normalizer = max(positives, 1)
+    zero = deltas.sum() * 0 + centerness.sum() * 0  # keeps the graph when nothing is positive
+    return {
+        "loss_atss_cls": sigmoid_focal_loss(logits, class_targets, focal_alpha, focal_gamma).sum() / normalizer,
+        # as ATSS: the GIoU loss is averaged with the centerness targets as weights
+        "loss_atss_giou": (torch.stack(giou_terms).sum() / torch.stack(weights).sum().clamp(min=1e-6)
+                           if giou_terms else zero),
+        "loss_atss_centerness": (torch.stack(centerness_terms).sum() if centerness_terms else zero) / normalizer,
+    }

@@ -87,3 +87,62 @@ def test_vectorised_assigner_equals_the_plain_loop(seed):
     assigned, _ = atss_assign(anchors, levels, boxes, topk=9)
     assert torch.equal(assigned, reference(anchors, levels, boxes, topk=9))
     assert (assigned >= 0).any()  # something was assigned, so the comparison means something
+
+
+def _head_inputs(batch=2, d=32, classes=3):
+    from core.pyramid import SimplePyramid
+
+    torch.manual_seed(0)
+    pyramid = SimplePyramid(d, base_stride=16, strides=(8, 16, 32))
+    memory = torch.randn(batch, d, 6, 8)  # a 96 x 128 input at stride 16
+    features = pyramid(memory)
+    anchors, levels = make_anchors([f.shape[-2:] for f in features], pyramid.strides, scale=4)
+    return pyramid, features, anchors, levels
+
+
+def test_pyramid_levels_have_the_right_sizes():
+    from core.pyramid import SimplePyramid
+
+    pyramid, features, anchors, levels = _head_inputs()
+    assert [tuple(f.shape) for f in features] == [(2, 32, 12, 16), (2, 32, 6, 8), (2, 32, 3, 4)]
+    assert anchors.shape == (12 * 16 + 6 * 8 + 3 * 4, 4)
+    with pytest.raises(ValueError, match="power-of-two"):
+        SimplePyramid(32, base_stride=16, strides=(12, 16))
+
+
+def test_atss_head_losses_are_finite_with_and_without_boxes_and_train_the_head():
+    from core.atss import ATSSHead, atss_loss
+
+    pyramid, features, anchors, levels = _head_inputs()
+    head = ATSSHead(32, num_classes=3, num_levels=3)
+    boxes = torch.tensor([[10.0, 10, 60, 50], [70, 20, 120, 90]])
+    targets = [{"class_labels": torch.tensor([1, 2]), "boxes_xyxy": boxes},
+               {"class_labels": torch.zeros(0, dtype=torch.long), "boxes_xyxy": torch.zeros(0, 4)}]  # an empty image
+    optimizer = torch.optim.AdamW([*head.parameters(), *pyramid.parameters()], lr=1e-3)
+    history = []
+    for _ in range(30):
+        features = pyramid(torch.randn(2, 32, 6, 8, generator=torch.Generator().manual_seed(1)))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, deltas, centerness = head(features)
+        losses = atss_loss(logits, deltas, centerness, anchors, levels, targets)
+        assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+        total = sum(losses.values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        history.append({k: v.item() for k, v in losses.items()})
+    assert history[-1]["loss_atss_giou"] < history[0]["loss_atss_giou"]
+    assert history[-1]["loss_atss_cls"] < history[0]["loss_atss_cls"]
+    empty = atss_loss(logits, deltas, centerness, anchors, levels, targets[1:] * 2)
+    assert all(torch.isfinite(v) for v in empty.values()) and empty["loss_atss_giou"] == 0
+
+
+def test_decoded_zero_deltas_are_the_anchors_and_centerness_peaks_at_the_centre():
+    from core.atss import centerness_target, decode_boxes
+
+    anchors = torch.tensor([[0.0, 0, 10, 10], [5.0, 5, 25, 15]])
+    assert torch.allclose(decode_boxes(anchors, torch.zeros(2, 4)), anchors)
+    box = torch.tensor([[0.0, 0, 20, 20]] * 2)
+    centred, off = torch.tensor([[5.0, 5, 15, 15]]), torch.tensor([[0.0, 0, 10, 10]])
+    assert centerness_target(centred, box[:1]).item() == pytest.approx(1.0)
+    assert centerness_target(off, box[:1]).item() == pytest.approx(1 / 3)  # centre (5, 5): 5/15 each way
