@@ -119,12 +119,12 @@ class ATSSHead(nn.Module):
 
     def __init__(self, d_model: int, num_classes: int, num_levels: int, num_convs: int = 1, prior_prob: float = 0.01):
         super().__init__()
-        from core.pyramid import _group_norm
+        from core.pyramid import group_norm
 
         def tower() -> nn.Sequential:
             layers = []
             for _ in range(num_convs):
-                layers += [nn.Conv2d(d_model, d_model, 3, padding=1), _group_norm(d_model), nn.ReLU(inplace=True)]
+                layers += [nn.Conv2d(d_model, d_model, 3, padding=1), group_norm(d_model), nn.ReLU(inplace=True)]
             return nn.Sequential(*layers)
 
         self.cls_tower, self.box_tower = tower(), tower()

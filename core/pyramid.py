@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def _group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
     while channels % groups:
         groups //= 2  # small test models: the largest power of two that divides the width
     return nn.GroupNorm(groups, channels)
@@ -38,12 +38,12 @@ class SimplePyramid(nn.Module):
                 raise ValueError(f"stride {stride} is not a power-of-two multiple or fraction of {base_stride}.")
         self.base_stride, self.strides = base_stride, list(strides)
         self.finer = nn.ModuleDict({
-            str(s): nn.Sequential(nn.Conv2d(d_model, d_model, 3, padding=1), _group_norm(d_model))
+            str(s): nn.Sequential(nn.Conv2d(d_model, d_model, 3, padding=1), group_norm(d_model))
             for s in strides if s < base_stride})
         coarse = [s for s in strides if s > base_stride]
         steps = int(torch.log2(torch.tensor(max(coarse) / base_stride)).item()) if coarse else 0
         self.coarser = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(d_model, d_model, 3, stride=2, padding=1), _group_norm(d_model))
+            nn.Sequential(nn.Conv2d(d_model, d_model, 3, stride=2, padding=1), group_norm(d_model))
             for _ in range(steps))
 
     def forward(self, memory: torch.Tensor) -> list[torch.Tensor]:

@@ -90,6 +90,18 @@ def configure_fiftyone(data_dir: Path) -> str:
     return where
 
 
+def configure_for_dataset(name: str, data_dir: Path | None) -> Path:
+    """For command lines: configure FiftyOne for ``data_dir`` (default: the app's) and check that the
+    dataset ``name`` exists. Returns the data directory; raises `ReviewError` naming the known ones."""
+    data_dir = (data_dir or default_data_dir()).expanduser()
+    configure_fiftyone(data_dir)
+    import fiftyone as fo
+
+    if not fo.dataset_exists(name):
+        raise ReviewError(f"no FiftyOne dataset {name!r}; known: {', '.join(fo.list_datasets()) or 'none'}")
+    return data_dir
+
+
 def _check_local_database() -> None:
     """Refuse to run on another directory's database.
 

@@ -155,3 +155,10 @@ def test_shortened_end_to_end_learns_the_new_class(review_store, tmp_path):
     assert after.per_class["star"] > 0.1, after.table()
     for name in ("circle", "square", "triangle"):  # training the heads only must not wreck the old classes
         assert after.per_class[name] > before.per_class[name] - 0.2, (name, before.table(), after.table())
+
+
+def test_cli_names_the_missing_dataset(review_store, capsys):
+    from training.finetune import main
+
+    assert main(["--dataset", "no-such-dataset", "--data-dir", str(review_store.media_dir.parent)]) == 2
+    assert "no FiftyOne dataset 'no-such-dataset'" in capsys.readouterr().err

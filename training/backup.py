@@ -86,7 +86,7 @@ def upload(out_dir: Path, repo: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from datasets.review import DEFAULT_DATASET, ReviewStore, configure_fiftyone, default_data_dir
+    from datasets.review import DEFAULT_DATASET, ReviewError, ReviewStore, configure_for_dataset
 
     parser = argparse.ArgumentParser(prog="python -m training.backup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="a new (or empty) folder for the backup")
@@ -94,13 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None, help="app data directory (default as the app)")
     parser.add_argument("--repo", default=None, help="also upload to this Hub dataset repository (USER/NAME)")
     args = parser.parse_args(argv)
-    data_dir = (args.data_dir or default_data_dir()).expanduser()
-    configure_fiftyone(data_dir)
-    import fiftyone as fo
-
-    if not fo.dataset_exists(args.dataset):
-        print(f"error: no FiftyOne dataset {args.dataset!r}; known: {', '.join(fo.list_datasets()) or 'none'}",
-              file=sys.stderr)
+    try:
+        data_dir = configure_for_dataset(args.dataset, args.data_dir)
+    except ReviewError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     try:
         summary = backup(ReviewStore.open(args.dataset, data_dir), Registry(data_dir / "models"), args.out)

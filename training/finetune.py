@@ -281,6 +281,15 @@ def prepare(view, base: str, config: FinetuneConfig, work_dir: Path, registry: R
     return job
 
 
+def _job_detector(job: dict) -> Detector:
+    """The job's base model with its head grown to the job's labels (new rows seeded alike every time)."""
+    detector = load_detector_or_bundled(job["base_dir"])
+    torch.manual_seed(job["config"]["seed"])
+    extend_head(detector.model, detector.kind, job["labels"])
+    detector.labels = job["labels"]
+    return detector
+
+
 def run_chunk(
     work_dir: Path,
     progress: Callable[[Progress], None] | None = None,
@@ -302,10 +311,7 @@ def run_chunk(
         return job["status"]
     config = FinetuneConfig(**job["config"])
     labels, size = job["labels"], job["size"]
-    detector = load_detector_or_bundled(job["base_dir"])
-    torch.manual_seed(config.seed)  # the new head rows start the same in every run of this job
-    extend_head(detector.model, detector.kind, labels)
-    detector.labels = labels
+    detector = _job_detector(job)
     model = detector.model
     train_set, val_set = _samples_from(job["train"]), _samples_from(job["val"])
     train_config = TrainConfig(
@@ -356,9 +362,7 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
         if out_dir.exists() and any(out_dir.iterdir()):
             raise FinetuneError(f"{out_dir} is not empty; choose a new folder so nothing is overwritten.")
     config, labels = FinetuneConfig(**job["config"]), job["labels"]
-    detector = load_detector_or_bundled(job["base_dir"])
-    extend_head(detector.model, detector.kind, labels)
-    detector.labels = labels
+    detector = _job_detector(job)
     model = detector.model
     model.load_state_dict(load_file(work_dir / BEST_FILE))
     model.config.auxiliary_loss = False
@@ -503,7 +507,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
-    from datasets.review import configure_fiftyone, default_data_dir
+    from datasets.review import ReviewError, configure_for_dataset
 
     parser = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="FiftyOne dataset with samples tagged 'reviewed'")
@@ -513,14 +517,13 @@ def main(argv: list[str] | None = None) -> int:
     add_config_flags(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    data_dir = (args.data_dir or default_data_dir()).expanduser()
-    configure_fiftyone(data_dir)
+    try:
+        data_dir = configure_for_dataset(args.dataset, args.data_dir)
+    except ReviewError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     import fiftyone as fo
 
-    if not fo.dataset_exists(args.dataset):
-        print(f"error: no FiftyOne dataset {args.dataset!r}; known: {', '.join(fo.list_datasets()) or 'none'}",
-              file=sys.stderr)
-        return 2
     config = config_from_args(args)
     bar = tqdm(total=None, unit="step", dynamic_ncols=True)
 
