@@ -165,16 +165,19 @@ def centerness_target(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tenso
 
 
 def atss_loss(logits: torch.Tensor, deltas: torch.Tensor, centerness: torch.Tensor, anchors: torch.Tensor,
-              levels: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]], topk: int = 9,
-              focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> dict[str, torch.Tensor]:
+              targets: Sequence[dict[str, torch.Tensor]], assigned: Sequence[torch.Tensor],
+              valid: torch.Tensor | None = None, focal_alpha: float = 0.25, focal_gamma: float = 2.0
+              ) -> dict[str, torch.Tensor]:
     """Focal classification and centerness BCE averaged over the batch's positive anchors (at least
     1, so images without boxes give a finite loss), and GIoU averaged with the centerness targets
     as weights.
 
     Args:
         logits ``[B, A, C]``, deltas ``[B, A, 4]``, centerness ``[B, A]``: the head's outputs.
-        anchors ``[A, 4]`` xyxy px, levels ``[A]``: from `make_anchors`.
+        anchors: ``[A, 4]`` xyxy px, from `make_anchors`.
         targets: per image ``class_labels [N]`` and ``boxes_xyxy [N, 4]`` in input pixels.
+        assigned: per image ``[A]``, the `atss_assign` result (box index, -1 for a negative).
+        valid: ``[B, A]`` anchors to count (e.g. centres inside the image, not its padding); all if None.
     Computed in float32 whatever the autocast dtype of the inputs.
     """
     from core.boxes import paired_generalized_box_iou
@@ -184,15 +187,14 @@ def atss_loss(logits: torch.Tensor, deltas: torch.Tensor, centerness: torch.Tens
     class_targets = torch.zeros_like(logits)
     giou_terms, centerness_terms, weights = [], [], []
     positives = 0
-    for b, target in enumerate(targets):
+    for b, (target, image_assigned) in enumerate(zip(targets, assigned)):
         boxes = target["boxes_xyxy"].float()
-        assigned, _ = atss_assign(anchors, levels, boxes, topk)
-        positive = assigned >= 0
+        positive = image_assigned >= 0
         if not positive.any():
             continue
         positives += int(positive.sum())
-        matched = boxes[assigned[positive]]
-        class_targets[b, positive, target["class_labels"][assigned[positive]]] = 1.0
+        matched = boxes[image_assigned[positive]]
+        class_targets[b, positive, target["class_labels"][image_assigned[positive]]] = 1.0
         predicted = decode_boxes(anchors[positive], deltas[b, positive])
         weight = centerness_target(anchors[positive], matched)
         giou_terms.append(((1 - paired_generalized_box_iou(predicted, matched)) * weight).sum())
@@ -200,8 +202,11 @@ def atss_loss(logits: torch.Tensor, deltas: torch.Tensor, centerness: torch.Tens
         centerness_terms.append(F.binary_cross_entropy_with_logits(centerness[b, positive], weight, reduction="sum"))
     normalizer = max(positives, 1)
     zero = deltas.sum() * 0 + centerness.sum() * 0  # keeps the graph when nothing is positive
+    focal = sigmoid_focal_loss(logits, class_targets, focal_alpha, focal_gamma)
+    if valid is not None:
+        focal = focal * valid[..., None].to(focal.dtype)
     return {
-        "loss_atss_cls": sigmoid_focal_loss(logits, class_targets, focal_alpha, focal_gamma).sum() / normalizer,
+        "loss_atss_cls": focal.sum() / normalizer,
         # as ATSS: the GIoU loss is averaged with the centerness targets as weights
         "loss_atss_giou": (torch.stack(giou_terms).sum() / torch.stack(weights).sum().clamp(min=1e-6)
                            if giou_terms else zero),

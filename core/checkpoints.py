@@ -4,6 +4,7 @@ Layout of ``<dir>/checkpoint-<step>/``:
 
     config.json, model.safetensors   the model, in save_pretrained layout (loadable by core.loading)
     optimizer.safetensors            the optimizer's tensors (moments), flattened
+    auxiliary.safetensors            training-only modules outside the model (hybrid branches), if any
     rng.safetensors                  torch's random state (dropout), so a resumed run repeats the
                                      uninterrupted one exactly when no augmentation is used (the
                                      augmentation generator is re-seeded from the resume step)
@@ -58,8 +59,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     state: dict[str, Any],
+    auxiliary: torch.nn.Module | None = None,
 ) -> Path:
-    """Write ``directory/checkpoint-<state['step']>`` atomically and return its path."""
+    """Write ``directory/checkpoint-<state['step']>`` atomically and return its path. ``auxiliary``:
+    training-only weights kept beside the model (not part of it), restored by `load_checkpoint`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"checkpoint-{int(state['step']):07d}"
@@ -68,6 +71,9 @@ def save_checkpoint(
         model.save_pretrained(tmp)
         tensors, meta = _optimizer_tensors(optimizer)
         save_file(tensors, tmp / "optimizer.safetensors")
+        if auxiliary is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in auxiliary.state_dict().items()},
+                      tmp / "auxiliary.safetensors")
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng.update({f"cuda{i}": rng_state for i, rng_state in enumerate(torch.cuda.get_rng_state_all())})
@@ -101,12 +107,19 @@ def load_checkpoint(
     model: PreTrainedModel,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    auxiliary: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Load weights (and optimizer/scheduler state) from ``path`` into the given objects; return the state."""
+    """Load weights (and optimizer/scheduler state, and ``auxiliary``'s weights) from ``path`` into
+    the given objects; return the state."""
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
+    if auxiliary is not None and not (path / "auxiliary.safetensors").is_file():
+        raise ValueError(f"{path} has no auxiliary.safetensors: it was written by a run without the same "
+                         "hybrid training setting; resume with that setting or start a new run.")
     saved = type(model).from_pretrained(path, config=model.config, use_safetensors=True)
     model.load_state_dict(saved.state_dict())
+    if auxiliary is not None:
+        auxiliary.load_state_dict(load_file(path / "auxiliary.safetensors"))
     if optimizer is not None:
         _restore_optimizer(optimizer, load_file(path / "optimizer.safetensors"), state["optimizer"])
     if scheduler is not None and state.get("scheduler"):

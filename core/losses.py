@@ -65,17 +65,22 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     return loss
 
 
-def _num_boxes(targets: list[dict[str, torch.Tensor]], device: torch.device) -> float:
-    """Target boxes per process, averaged over processes under DDP (so every rank normalizes alike)."""
-    count = torch.tensor([float(sum(len(t["class_labels"]) for t in targets))], device=device)
+def _per_process(count: float, device: torch.device) -> float:
+    """A count (e.g. of target boxes) averaged over processes under DDP, at least 1, so every
+    rank normalizes its losses alike."""
+    total = torch.tensor([float(count)], device=device)
     world = 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(count)
+        torch.distributed.all_reduce(total)
         world = torch.distributed.get_world_size()
-    return max(count.item() / world, 1.0)
+    return max(total.item() / world, 1.0)
 
 
-def _repeat(targets: list[dict[str, torch.Tensor]], times: int) -> list[dict[str, torch.Tensor]]:
+def _num_boxes(targets: list[dict[str, torch.Tensor]], device: torch.device) -> float:
+    return _per_process(sum(len(t["class_labels"]) for t in targets), device)
+
+
+def repeat_targets(targets: list[dict[str, torch.Tensor]], times: int) -> list[dict[str, torch.Tensor]]:
     return [{"class_labels": t["class_labels"].repeat(times), "boxes": t["boxes"].repeat(times, 1)} for t in targets]
 
 
@@ -147,8 +152,25 @@ class SetCriterion(nn.Module):
         giou = paired_generalized_box_iou(box_cxcywh_to_xyxy(source), box_cxcywh_to_xyxy(target))
         return l1, (1 - giou).sum() / num_boxes
 
+    def _layers(self, logits: torch.Tensor, boxes: torch.Tensor, layer_targets: list[list[dict]],
+                matches: list[Matches], num_boxes: list[float], prefix: str) -> dict[str, torch.Tensor]:
+        """Class, L1 and GIoU of each layer given its targets and matches; keys ``{prefix}_ce``
+        etc. for the last layer, ``..._{i}`` for layer i, and ``prefix`` itself for the weighted sum."""
+        num_layers = logits.shape[0]
+        losses: dict[str, torch.Tensor] = {}
+        total = logits.new_zeros(())
+        for layer in range(num_layers):
+            ce = self._class_loss(logits[layer], layer_targets[layer], matches[layer], num_boxes[layer])
+            l1, giou = self._box_losses(boxes[layer], layer_targets[layer], matches[layer], num_boxes[layer])
+            suffix = "" if layer == num_layers - 1 else f"_{layer}"
+            for name, value in (("ce", ce), ("bbox", l1), ("giou", giou)):
+                losses[f"{prefix}_{name}{suffix}"] = value
+                total = total + self.weights[f"loss_{name}"] * value
+        losses[prefix] = total
+        return losses
+
     def forward(self, logits: torch.Tensor, boxes: torch.Tensor,
-                targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+                targets: list[dict[str, torch.Tensor]], prefix: str = "loss") -> dict[str, torch.Tensor]:
         """Losses for all decoder layers.
 
         Args:
@@ -156,6 +178,7 @@ class SetCriterion(nn.Module):
                 (``[B, Q, C(+1)]`` for the final layer alone).
             boxes: ``[L, B, Q, 4]`` (or ``[B, Q, 4]``) sigmoid cxcywh boxes.
             targets: B target dicts.
+            prefix: the names of the returned losses (another prefix for another query set).
 
         Returns:
             ``loss`` (the weighted total to backpropagate); ``loss_ce``, ``loss_bbox``,
@@ -167,23 +190,23 @@ class SetCriterion(nn.Module):
         num_boxes = _num_boxes(targets, logits.device)
         many = min(self.one_to_many_layers, num_layers - 1) if self.one_to_many > 1 else 0
         matches = self.matcher.match_layers(logits[many:], boxes[many:], targets)
+        layer_targets, layer_boxes = [targets] * num_layers, [num_boxes] * num_layers
         if many:
-            repeated = _repeat(targets, self.one_to_many)
+            repeated = repeat_targets(targets, self.one_to_many)
             matches = self.matcher.match_layers(logits[:many], boxes[:many], repeated) + matches
+            layer_targets[:many] = [repeated] * many
+            layer_boxes[:many] = [num_boxes * self.one_to_many] * many
+        return self._layers(logits, boxes, layer_targets, matches, layer_boxes, prefix)
 
-        losses: dict[str, torch.Tensor] = {}
-        total = logits.new_zeros(())
-        for layer in range(num_layers):
-            layer_targets = repeated if layer < many else targets
-            layer_boxes = num_boxes * self.one_to_many if layer < many else num_boxes
-            ce = self._class_loss(logits[layer], layer_targets, matches[layer], layer_boxes)
-            l1, giou = self._box_losses(boxes[layer], layer_targets, matches[layer], layer_boxes)
-            suffix = "" if layer == num_layers - 1 else f"_{layer}"
-            for name, value in (("loss_ce", ce), ("loss_bbox", l1), ("loss_giou", giou)):
-                losses[name + suffix] = value
-                total = total + self.weights[name] * value
-        losses["loss"] = total
-        return losses
+    def fixed_assignment(self, logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict[str, torch.Tensor]],
+                         matches: Matches, prefix: str) -> dict[str, torch.Tensor]:
+        """The same losses with the matching given instead of computed (Co-DETR's positive
+        queries: query i belongs to its anchor's box): ``matches[b] = (query rows, target cols)``
+        for every layer; unmatched queries learn no-object. Normalized by the matched count."""
+        num_layers = logits.shape[0]
+        num_matched = _per_process(sum(len(rows) for rows, _ in matches), logits.device)
+        return self._layers(logits, boxes, [targets] * num_layers, [matches] * num_layers,
+                            [num_matched] * num_layers, prefix)
 
 
 def criterion_for(kind: str, num_classes: int, **overrides) -> SetCriterion:

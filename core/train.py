@@ -5,6 +5,8 @@
 - AdamW with a lower backbone learning rate, weight decay, gradient clipping; the whole model or
   only part of it trains (``trainable``: all, transformer, decoder, heads); bf16 autocast
   (through Accelerate), channels-last and fused AdamW on CUDA; fp32 on CPU.
+- ``hybrid``: Co-DETR's or H-DETR's one-to-many branch (`core.hybrid`) beside the model, trained
+  with it, kept in checkpoints, never part of the model: what is saved is the plain detector.
 - A non-finite loss skips the step; ``max_nonfinite`` in a row stop training with the step named.
 - ``progress`` gets a `Progress` every ``log_every`` steps; ``cancel`` (a `threading.Event`) is
   checked before every step.
@@ -30,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.forward import AllDecoderLayers, memory_stride
+from core.hybrid import HYBRID, CoDetrBranch, HDetrBranch
 from core.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from core.loading import PreprocessConfig
 from core.losses import criterion_for, validate_targets
@@ -59,6 +63,18 @@ class TrainConfig:
     hflip: float = 0.0  # probability of a horizontal flip per image
     one_to_many: int = 0  # H-DETR hybrid layers: repeat targets this often for early layers (0 = off)
     one_to_many_layers: int = 0
+    # Hybrid-assignment training branches (core.hybrid), dropped when training ends: "off",
+    # "co-detr" (ATSS head + customized positive queries) or "h-detr" (a one-to-many query group).
+    hybrid: str = "off"
+    co_detr_lambda1: float = 1.0  # positive queries' loss weight; 0 leaves them out
+    co_detr_lambda2: float = 2.0  # ATSS head's loss weight (times the decoder layers); 0 leaves the head out
+    co_detr_strides: Sequence[int] = (8, 16, 32, 64, 128)  # pyramid levels, input pixels per cell
+    co_detr_anchor_scale: float = 8.0  # anchor side in strides; smaller for small objects
+    co_detr_max_queries: int = 300  # positive queries per image at most (at least 9)
+    co_detr_anchor_reference: bool = True  # Conditional DETR: anchor centre as the query's reference point
+    h_detr_queries: int = 5  # the one-to-many group, as a multiple of the model's queries
+    h_detr_repeats: int = 6  # each target repeated this often for the group's matching
+    h_detr_weight: float = 1.0
     class_weight: float | None = None  # None: the model kind's default (DETR 1, Conditional DETR 2)
     seed: int = 0
     log_every: int = 10
@@ -95,33 +111,6 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss was NaN/inf several steps in a row."""
 
 
-class AllDecoderLayers(nn.Module):
-    """Runs a transformers DETR / Conditional DETR and returns every decoder layer's predictions:
-    ``logits [L, B, Q, C]`` and ``boxes [L, B, Q, 4]`` (the last layer is the model's output).
-
-    A module (not a function) so that DDP sees the whole forward pass.
-    """
-
-    def __init__(self, detector: nn.Module, kind: str):
-        super().__init__()
-        self.detector, self.kind = detector, kind
-
-    def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        model = self.detector
-        outputs = model.model(pixel_values=pixel_values, pixel_mask=pixel_mask)
-        hidden = outputs.intermediate_hidden_states  # [L, B, Q, D], needs config.auxiliary_loss
-        if hidden is None:
-            hidden = outputs.last_hidden_state[None]
-        logits = model.class_labels_classifier(hidden)
-        raw = model.bbox_predictor(hidden)
-        if self.kind == "conditional_detr":
-            # Conditional DETR predicts box centres relative to each query's reference point.
-            reference = outputs.reference_points.clamp(0, 1)
-            reference = torch.log(reference.clamp(min=1e-5) / (1 - reference).clamp(min=1e-5)).transpose(0, 1)
-            raw = torch.cat([raw[..., :2] + reference, raw[..., 2:]], dim=-1)
-        return logits, raw.sigmoid()
-
-
 TRAINABLE = {
     "all": lambda name: True,
     "transformer": lambda name: ".backbone." not in f".{name}",
@@ -130,11 +119,35 @@ TRAINABLE = {
 }
 
 
-def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
-    """AdamW groups; sets ``requires_grad`` from ``config.trainable`` and ``freeze_stem``."""
+def hybrid_branch(model: nn.Module, kind: str, num_classes: int, config: TrainConfig) -> nn.Module | None:
+    """The training-only branch ``config.hybrid`` asks for (None for "off"), on the model's device."""
+    if config.hybrid not in HYBRID:
+        raise ValueError(f"hybrid must be one of {', '.join(HYBRID)}; got {config.hybrid!r}.")
+    if config.hybrid == "off":
+        return None
+    if config.one_to_many > 1:
+        raise ValueError("one_to_many (hybrid layers) and hybrid are two forms of one-to-many training; use one.")
+    if config.trainable == "heads":
+        raise ValueError(f"hybrid={config.hybrid!r} supervises the decoder (Co-DETR's ATSS head also the encoder), "
+                         "which trainable='heads' keeps frozen; choose trainable 'decoder', 'transformer' or 'all'.")
+    d_model, layers = model.config.d_model, model.config.decoder_layers
+    if config.hybrid == "co-detr":
+        branch = CoDetrBranch(d_model, num_classes, layers, memory_stride(model), config.co_detr_strides,
+                              config.co_detr_anchor_scale, lambda1=config.co_detr_lambda1,
+                              lambda2=config.co_detr_lambda2, max_queries=config.co_detr_max_queries,
+                              anchor_reference=config.co_detr_anchor_reference and kind == "conditional_detr")
+    else:
+        branch = HDetrBranch(d_model, config.h_detr_queries * model.config.num_queries, config.h_detr_repeats,
+                             config.h_detr_weight)
+    return branch.to(next(model.parameters()).device)
+
+
+def _parameter_groups(model: nn.Module, config: TrainConfig, extra: nn.Module | None = None) -> list[dict]:
+    """AdamW groups; sets ``requires_grad`` from ``config.trainable`` and ``freeze_stem``. ``extra``
+    (a hybrid branch) trains whole, at the main learning rate."""
     if config.trainable not in TRAINABLE:
         raise ValueError(f"trainable must be one of {', '.join(TRAINABLE)}; got {config.trainable!r}.")
-    backbone, rest = [], []
+    backbone, rest = [], [*(extra.parameters() if extra is not None else [])]
     for name, parameter in model.named_parameters():
         stem = ".backbone." in f".{name}" and (".embedder." in name or ".stages.0." in name)
         parameter.requires_grad_(TRAINABLE[config.trainable](name) and not (config.freeze_stem and stem))
@@ -229,8 +242,9 @@ def train(
     criterion = criterion_for(kind, len(labels), one_to_many=config.one_to_many,
                               one_to_many_layers=config.one_to_many_layers,
                               **({"class_weight": config.class_weight} if config.class_weight is not None else {}))
-    network = AllDecoderLayers(model, kind)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, config), weight_decay=config.weight_decay,
+    branch = hybrid_branch(model, kind, len(labels), config)
+    network = AllDecoderLayers(model, kind, branch)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, config, branch), weight_decay=config.weight_decay,
                                   **({"fused": True} if cuda else {}))
     steps_per_epoch = len(epoch_batches(len(dataset), 0, config, accelerator.process_index, accelerator.num_processes))
     total_steps = min(config.max_steps or math.inf, config.epochs * steps_per_epoch)
@@ -239,7 +253,7 @@ def train(
 
     step = 0
     if config.checkpoint_dir and config.resume and (last := latest_checkpoint(config.checkpoint_dir)):
-        step = load_checkpoint(last, model, optimizer, scheduler)["step"]
+        step = load_checkpoint(last, model, optimizer, scheduler, branch)["step"]
         logger.info("resumed from %s at step %d", last, step)
 
     result = TrainResult(status="finished", step=step, epoch=step // max(steps_per_epoch, 1))
@@ -253,7 +267,7 @@ def train(
         if config.checkpoint_dir and accelerator.is_main_process:
             state = {"step": step, "epoch": epoch, "labels": labels, "kind": kind, "train_config": asdict(config),
                      "last_losses": result.last_losses}
-            result.checkpoint = save_checkpoint(config.checkpoint_dir, model, optimizer, scheduler, state)
+            result.checkpoint = save_checkpoint(config.checkpoint_dir, model, optimizer, scheduler, state, branch)
         accelerator.wait_for_everyone()
 
     while step < total_steps:
@@ -279,8 +293,11 @@ def train(
             pixel_values = batch.pixel_values.contiguous(memory_format=torch.channels_last) if cuda else batch.pixel_values
 
             with accelerator.autocast():
-                logits, boxes = network(pixel_values, batch.pixel_mask)
+                logits, boxes, *extra = network(pixel_values, batch.pixel_mask, targets if branch is not None else None)
             losses = criterion(logits.float(), boxes.float(), targets)
+            if branch is not None:
+                losses.update(branch.loss(extra[0], targets, criterion))
+                losses["loss"] = losses["loss"] + losses["loss_hybrid"]
             loss = losses["loss"]
             finite = torch.isfinite(loss.detach()).float()
             if accelerator.num_processes > 1:

@@ -118,13 +118,14 @@ def test_atss_head_losses_are_finite_with_and_without_boxes_and_train_the_head()
     boxes = torch.tensor([[10.0, 10, 60, 50], [70, 20, 120, 90]])
     targets = [{"class_labels": torch.tensor([1, 2]), "boxes_xyxy": boxes},
                {"class_labels": torch.zeros(0, dtype=torch.long), "boxes_xyxy": torch.zeros(0, 4)}]  # an empty image
+    assigned = [atss_assign(anchors, levels, t["boxes_xyxy"])[0] for t in targets]
     optimizer = torch.optim.AdamW([*head.parameters(), *pyramid.parameters()], lr=1e-3)
     history = []
     for _ in range(30):
         features = pyramid(torch.randn(2, 32, 6, 8, generator=torch.Generator().manual_seed(1)))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits, deltas, centerness = head(features)
-        losses = atss_loss(logits, deltas, centerness, anchors, levels, targets)
+        losses = atss_loss(logits, deltas, centerness, anchors, targets, assigned)
         assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
         total = sum(losses.values())
         optimizer.zero_grad()
@@ -133,7 +134,7 @@ def test_atss_head_losses_are_finite_with_and_without_boxes_and_train_the_head()
         history.append({k: v.item() for k, v in losses.items()})
     assert history[-1]["loss_atss_giou"] < history[0]["loss_atss_giou"]
     assert history[-1]["loss_atss_cls"] < history[0]["loss_atss_cls"]
-    empty = atss_loss(logits, deltas, centerness, anchors, levels, targets[1:] * 2)
+    empty = atss_loss(logits, deltas, centerness, anchors, targets[1:] * 2, assigned[1:] * 2)
     assert all(torch.isfinite(v) for v in empty.values()) and empty["loss_atss_giou"] == 0
 
 

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from conftest import tiny_model
 from core.checkpoints import latest_checkpoint, load_checkpoint
 from core.loading import load_detector
-from core.train import AllDecoderLayers, NonFiniteLossError, TrainConfig, train
+from core.forward import AllDecoderLayers
+from core.train import NonFiniteLossError, TrainConfig, train
 from datasets.shapes import ShapesDataset
 
 ROOT = Path(__file__).resolve().parents[1]
