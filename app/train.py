@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 
 from app import review
 from app.access import public_space_without_login
+from core.hybrid import HYBRID
 from core.train import TRAINABLE
 from training.finetune import (JOB_FILE, FinetuneConfig, FinetuneError, continue_job, finetune, per_class_table,
                                reviewed_samples, run_chunk, unfinished_job)
@@ -115,13 +116,20 @@ def continue_unfinished() -> str | None:
     return pending["base"]
 
 
-def start_finetune(base: str, epochs: int, lr: float, trainable: str = FinetuneConfig.trainable):
+def start_finetune(base: str, epochs: int, lr: float, trainable: str = FinetuneConfig.trainable,
+                   hybrid: str = FinetuneConfig.hybrid):
     """Run a fine-tune of ``base`` on the reviewed samples; yields ``(status, plot, table, new model)``."""
     if public_space_without_login():
         raise gr.Error("Fine-tuning is disabled on a public Space without login.")
     if trainable not in TRAINABLE:
         raise gr.Error(f"What trains must be one of {', '.join(TRAINABLE)}; got {trainable!r}.")
-    config = FinetuneConfig(epochs=int(epochs), lr=float(lr), lr_backbone=float(lr) / 10, trainable=trainable)
+    if hybrid not in HYBRID:
+        raise gr.Error(f"One-to-many training must be one of {', '.join(HYBRID)}; got {hybrid!r}.")
+    if hybrid != "off" and trainable == "heads":
+        raise gr.Error(f"{hybrid} trains the decoder; with 'What trains' = heads it has nothing to train. "
+                       "Choose decoder, transformer or all.")
+    config = FinetuneConfig(epochs=int(epochs), lr=float(lr), lr_backbone=float(lr) / 10, trainable=trainable,
+                            hybrid=hybrid)
     run, chunk_s = _chunk_runner()
     job = _start(base, lambda job: finetune(review.store().dataset, base, config, registry=review.registry(),
                                             work_dir=_work_dir(), run=run, chunk_s=chunk_s, **_callbacks(job)))
@@ -148,6 +156,12 @@ def start_finetune(base: str, epochs: int, lr: float, trainable: str = FinetuneC
             yield status, _plot(history, losses), per_class_table(result), gr.update(value=result.version)
             return
         yield status, _plot(history, losses), [], gr.update()
+
+
+def trainable_for_hybrid(hybrid: str, trainable: str) -> str:
+    """The Train tab's "What trains" after the one-to-many choice changes: hybrid training needs more
+    than the heads, so "heads" becomes "transformer"; any other choice stays."""
+    return "transformer" if hybrid != "off" and trainable == "heads" else trainable
 
 
 def cancel_finetune() -> str:

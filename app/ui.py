@@ -17,6 +17,7 @@ from app import queries, review, train
 from app.detect import DETECTION_HEADERS, detect, detect_batch, model_labels
 from app.models import default_model, model_choices
 from app.render import class_color
+from core.hybrid import HYBRID
 from core.loading import ASSETS_DIR
 from app.access import may_change_data, needs_sign_in, on_space, public_space_without_login
 from app.fiftyone_app import mount_fiftyone
@@ -191,6 +192,8 @@ def _train_tab(model):
         trainable = gr.Dropdown(list(SUGGESTED_LR), value=FinetuneConfig.trainable, elem_id="train-trainable",
                                 label="What trains (heads: best with tens of images; all: with hundreds)")
         lr = gr.Number(value=FinetuneConfig.lr, label="Learning rate (backbone: a tenth)", minimum=1e-6, maximum=1e-2)
+        hybrid = gr.Dropdown(list(HYBRID), value=FinetuneConfig.hybrid, elem_id="train-hybrid",
+                             label="One-to-many training (Co-DETR / H-DETR; no cost at inference)")
     with gr.Row():
         start = gr.Button("Fine-tune on reviewed data", variant="primary", elem_id="train-start",
                           interactive=not public_space_without_login())
@@ -214,10 +217,11 @@ def _train_tab(model):
     refresh = dict(fn=lambda: (train.training_summary(), train.versions_table()), outputs=[summary, versions],
                    api_name=False)
     trainable.change(SUGGESTED_LR.get, inputs=[trainable], outputs=[lr], api_name=False)
+    hybrid.change(train.trainable_for_hybrid, inputs=[hybrid, trainable], outputs=[trainable], api_name=False)
     # On a GPU (or ZeroGPU) training and inference share the device, so the fine-tune joins the model
     # group; on CPU it would block detection for minutes, so it runs beside it.
     shared = MODEL_QUEUE if torch.cuda.is_available() or train.spaces is not None else {}
-    start.click(needs_sign_in(train.start_finetune, training=True), inputs=[model, epochs, lr, trainable],
+    start.click(needs_sign_in(train.start_finetune, training=True), inputs=[model, epochs, lr, trainable, hybrid],
                 outputs=[status, plot, table, new_version], api_name="finetune", **shared).then(**refresh)
     cancel.click(needs_sign_in(train.cancel_finetune), outputs=[status], api_name="cancel_finetune")
     use.click(select_model, inputs=[new_version], outputs=[model], api_name=False)

@@ -115,3 +115,14 @@ def test_a_cancelled_fine_tune_is_not_continued(review_store):
     cancel.set()
     assert run_chunk(work, cancel=cancel) == "cancelled"
     assert unfinished_job(work) is None and train.continue_unfinished() is None
+
+
+def test_one_to_many_choice_moves_what_trains_off_the_heads_and_is_checked(review_store):
+    assert train.trainable_for_hybrid("co-detr", "heads") == "transformer"
+    assert train.trainable_for_hybrid("h-detr", "decoder") == "decoder"
+    assert train.trainable_for_hybrid("off", "heads") == "heads"
+    build_review_dataset(review_store, 10)
+    with pytest.raises(gr.Error, match="nothing to train"):
+        next(train.start_finetune("bundled", 1, 1e-4, "heads", "co-detr"))
+    with pytest.raises(gr.Error, match="must be one of"):
+        next(train.start_finetune("bundled", 1, 1e-4, "all", "dino"))

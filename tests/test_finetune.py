@@ -162,3 +162,38 @@ def test_cli_names_the_missing_dataset(review_store, capsys):
 
     assert main(["--dataset", "no-such-dataset", "--data-dir", str(review_store.media_dir.parent)]) == 2
     assert "no FiftyOne dataset 'no-such-dataset'" in capsys.readouterr().err
+
+
+def test_fine_tune_with_co_detr_writes_a_plain_model(review_store, tmp_path):
+    """The one-click fine-tune with Co-DETR's branch: the version has exactly the base model's
+    weights names and shapes (plus nothing), and the branch left no file beside it."""
+    from safetensors.torch import load_file
+
+    from core.loading import BUNDLED_DIR
+
+    _reviewed_store(review_store, 12)
+    config = FinetuneConfig(epochs=1, batch_size=4, trainable="decoder", lr=5e-4, hybrid="co-detr", anchor_scale=4.0)
+    result = finetune(review_store.dataset, "bundled", config, out_dir=tmp_path / "model")
+    assert result.status in ("finished", "stopped_early")
+    base = load_file(BUNDLED_DIR / "model.safetensors")
+    new = load_file(tmp_path / "model" / "model.safetensors")
+    assert new.keys() == base.keys()
+    changed = {k for k in base if base[k].shape == new[k].shape and not torch.equal(base[k], new[k])}
+    assert changed and all("decoder" in k or "class_labels" in k or "bbox_predictor" in k or "query" in k
+                           for k in changed)  # trainable="decoder": the decoder moved, nothing else
+    assert not any("auxiliary" in p.name for p in (tmp_path / "model").iterdir())
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"hybrid": "co-detr"}, "trainable='heads' keeps frozen"),  # the default trainable is "heads"
+    ({"hybrid": "dino", "trainable": "all"}, "hybrid must be one of"),
+])
+def test_hybrid_settings_that_cannot_work_are_refused_before_anything_is_written(review_store, tmp_path, setting,
+                                                                                 message):
+    _reviewed_store(review_store, 12)
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "keep.txt").write_text("an earlier job")
+    with pytest.raises(FinetuneError, match=message):
+        finetune(review_store.dataset, "bundled", FinetuneConfig(**setting), work_dir=tmp_path / "job",
+                 out_dir=tmp_path / "model")
+    assert (tmp_path / "job" / "keep.txt").is_file()

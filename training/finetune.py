@@ -44,6 +44,7 @@ from core.evaluate import Metrics, coco_metrics, to_coco_results
 from core.images import load_image
 from core.inference import predict
 from core.loading import Detector, load_detector_or_bundled
+from core.hybrid import HYBRID
 from core.train import TRAINABLE, Progress, TrainConfig, train
 from training.registry import PREFIX, Registry
 
@@ -68,6 +69,10 @@ class FinetuneConfig:
     patience: int = 40  # epochs without a better validation AP before stopping
     one_to_many: int = 0  # H-DETR hybrid matching: repeat targets this often for early decoder layers
     one_to_many_layers: int = 0  # how many early layers use it (the bundled model was trained with 5 / 2)
+    # One-to-many training branches, dropped when training ends (core.hybrid): "off", "co-detr"
+    # (ATSS head + positive queries) or "h-detr" (a one-to-many query group); not with trainable "heads".
+    hybrid: str = "off"
+    anchor_scale: float = 8.0  # co-detr: anchor side in strides (ATSS: 8); 4 suits small objects such as the shapes
     val_fraction: float = 0.2
     shortest_edge: int = 0  # 0: the base model's own
     max_steps: int = 0  # 0: no cap (quick checks set one)
@@ -259,6 +264,11 @@ def prepare(view, base: str, config: FinetuneConfig, work_dir: Path, registry: R
         )
     if config.trainable not in TRAINABLE:
         raise FinetuneError(f"trainable must be one of {', '.join(TRAINABLE)}; got {config.trainable!r}.")
+    if config.hybrid not in HYBRID:
+        raise FinetuneError(f"hybrid must be one of {', '.join(HYBRID)}; got {config.hybrid!r}.")
+    if config.hybrid != "off" and config.trainable == "heads":
+        raise FinetuneError(f"hybrid={config.hybrid!r} supervises the decoder, which trainable='heads' keeps frozen; "
+                            "choose trainable 'decoder', 'transformer' or 'all' (or hybrid 'off').")
     detector, base_dir = resolve_base(base, registry)
     reviewed_names = [name for s in samples for name in s.names]
     labels = list(detector.labels) + [name for name in dict.fromkeys(reviewed_names) if name not in detector.labels]
@@ -319,6 +329,7 @@ def run_chunk(
         lr_backbone=config.lr_backbone, weight_decay=config.weight_decay, grad_clip=config.grad_clip,
         schedule=config.schedule, shortest_edge=size, longest_edge=job["longest"], hflip=config.hflip,
         trainable=config.trainable, one_to_many=config.one_to_many, one_to_many_layers=config.one_to_many_layers,
+        hybrid=config.hybrid, co_detr_anchor_scale=config.anchor_scale,
         scale_jitter=(0.875, 1.0, 1.125), seed=config.seed, log_every=5, resume=True,
         checkpoint_dir=str(work_dir / CHECKPOINTS),
     )

@@ -1,0 +1,213 @@
+"""Convergence experiment for hybrid-assignment training (Co-DETR, H-DETR) on the shapes domain.
+
+    python -m training.converge [--models detr conditional_detr] [--seeds 0 1] [--epochs 8] [--out data/converge]
+
+Arms, all on the same schedule and data: ``baseline`` (one-to-one only), ``atss`` (Co-DETR's ATSS
+head only: lambda1 = 0), ``queries`` (Co-DETR's positive queries only: lambda2 = 0), ``co-detr``
+(both, K = 1) and ``h-detr`` (the one-to-many query group). Models: the small DETR and Conditional
+DETR configurations (the bundled model's size: d 128, 2 encoder and 4 decoder layers, 100
+queries). To get measurable AP within a CPU budget, the backbone, input projection and encoder
+start from the bundled model (``--init encoder``; ``backbone`` starts only the backbone) and the
+backbone stays frozen (``--trainable transformer``); decoder, heads, queries and every auxiliary
+module start random. COCO AP on held-out images after every epoch.
+
+Each run is a subprocess (``--parallel`` at a time, ``--threads`` each), so peak memory (max RSS;
+GPU: peak allocated) is per run; a finished run's JSON is kept and not run again. The table
+(``table.md`` in ``--out``, also printed) has, per model and arm: AP per epoch (mean of seeds),
+final AP (each seed), steps to reach the baseline's final AP, training ms per step, peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ARMS = {
+    "baseline": {"hybrid": "off"},
+    "atss": {"hybrid": "co-detr", "co_detr_lambda1": 0.0},
+    "queries": {"hybrid": "co-detr", "co_detr_lambda2": 0.0},
+    "co-detr": {"hybrid": "co-detr"},
+    "h-detr": {"hybrid": "h-detr"},
+}
+MODELS = ("detr", "conditional_detr")
+EVAL_FIRST_SEED = 5_000_000  # held-out images, used nowhere else
+# Anchors for the shapes domain: objects are 10-45% of the shorter side, 13-58 px at 128 px, so
+# levels 8-64 with anchors of 4 strides (32-256 px) rather than ATSS's 8 strides (64-1024 px).
+STRIDES, ANCHOR_SCALE = (8, 16, 32, 64), 4.0
+
+
+def small_model(kind: str, labels: list[str], seed: int, init: str = "encoder"):
+    """The bundled model's architecture as ``kind``; the backbone's weights (``init="backbone"``)
+    or the backbone's, input projection's and encoder's (``"encoder"``) from the bundled model."""
+    from transformers import DetrConfig, DetrForObjectDetection
+
+    from core.loading import load_detector
+    from training.train_default import bundled_config
+
+    torch.manual_seed(seed)
+    config = bundled_config(labels)
+    if kind == "detr":
+        model = DetrForObjectDetection(DetrConfig(**{k: v for k, v in config.to_dict().items()
+                                                     if k not in ("model_type", "architectures")}))
+    else:
+        from transformers import ConditionalDetrForObjectDetection
+
+        model = ConditionalDetrForObjectDetection(config)
+    bundled = load_detector("bundled", device="cpu").model
+    parts = ["backbone"] + (["input_projection", "encoder"] if init == "encoder" else [])
+    for part in parts:
+        getattr(model.model, part).load_state_dict(getattr(bundled.model, part).state_dict())
+    return model
+
+
+def run_one(kind: str, arm: str, seed: int, args: argparse.Namespace) -> dict:
+    from core.evaluate import evaluate_model
+    from core.loading import Detector, load_detector
+    from core.train import TrainConfig, train
+    from datasets.shapes import ShapesSpec
+    from training.train_default import TRAIN_FIRST_SEED, CachedShapes
+
+    spec = ShapesSpec()
+    model = small_model(kind, spec.labels, seed, args.init)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        model.cuda()
+    preprocess = load_detector("bundled", device="cpu").preprocess
+    dataset = CachedShapes(args.images, TRAIN_FIRST_SEED, spec)
+    steps_per_epoch = -(-len(dataset) // args.batch_size)
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_backbone=args.lr / 10, weight_decay=1e-4,
+        grad_clip=0.1, schedule="constant", warmup_steps=0, freeze_stem=True, trainable=args.trainable, shortest_edge=args.shortest_edge,
+        longest_edge=args.shortest_edge * 4 // 3, hflip=0.5, seed=seed, log_every=10**9, co_detr_strides=STRIDES,
+        co_detr_anchor_scale=ANCHOR_SCALE, **ARMS[arm])
+    detector = Detector(model, spec.labels, kind, "softmax" if kind == "detr" else "sigmoid", f"{kind}-{arm}",
+                        Path("."), preprocess)
+    curve, evaluating = [], 0.0
+
+    def epoch_end(epoch: int) -> bool:
+        nonlocal evaluating
+        started = time.perf_counter()
+        curve.append(round(evaluate_model(detector, args.out / "val", shortest_edge=args.shortest_edge).AP, 4))
+        evaluating += time.perf_counter() - started
+        print(f"{kind} {arm} seed {seed} epoch {epoch + 1}: AP {curve[-1]:.3f}", flush=True)
+        return False
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    result = train(model, kind, dataset, config, preprocess, spec.labels, epoch_end=epoch_end)
+    training_s = time.perf_counter() - started - evaluating
+    peak = (torch.cuda.max_memory_allocated() if cuda
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"model": kind, "arm": arm, "seed": seed, "ap": curve, "steps_per_epoch": steps_per_epoch,
+            "steps": result.step, "ms_per_step": round(1000 * training_s / max(result.step, 1), 1),
+            "peak_mb": round(peak / 2**20), "memory": "cuda allocated" if cuda else "max RSS",
+            "device": torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads"}
+
+
+def steps_to_reach(curve: list[float], target: float, steps_per_epoch: int) -> int | None:
+    """Steps until the (seed-mean) AP curve first reaches ``target``; None if it never does."""
+    for epoch, value in enumerate(curve):
+        if value >= target - 1e-9:
+            return (epoch + 1) * steps_per_epoch
+    return None
+
+
+def table(runs: list[dict]) -> str:
+    lines = []
+    for kind in MODELS:
+        mine = [r for r in runs if r["model"] == kind]
+        if not mine:
+            continue
+        arms = [a for a in ARMS if any(r["arm"] == a for r in mine)]
+        mean = {a: np.mean([r["ap"] for r in mine if r["arm"] == a], axis=0).tolist() for a in arms}
+        steps_per_epoch = mine[0]["steps_per_epoch"]
+        target = mean["baseline"][-1] if "baseline" in mean else None
+        lines += [f"\n{kind} ({mine[0]['device']}; {steps_per_epoch} steps per epoch)\n",
+                  "| arm | AP per epoch (mean of seeds) | final AP (each seed) | steps to baseline's final AP "
+                  "| ms/step | peak MB |", "| --- | --- | --- | --- | --- | --- |"]
+        for arm in arms:
+            own = [r for r in mine if r["arm"] == arm]
+            reach = steps_to_reach(mean[arm], target, steps_per_epoch) if target is not None else None
+            total = len(mean[arm]) * steps_per_epoch
+            curve = " ".join(f"{v:.3f}" for v in mean[arm])
+            finals = ", ".join(f"{r['ap'][-1]:.3f}" for r in own)
+            lines.append(
+                f"| {arm} | {curve} | {finals} "
+                f"| {reach if reach is not None else f'not in {total}'} "
+                f"| {np.mean([r['ms_per_step'] for r in own]):.0f} | {max(r['peak_mb'] for r in own)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.converge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--images", type=int, default=800, help="training images (one epoch)")
+    parser.add_argument("--eval-images", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--init", choices=("backbone", "encoder"), default="encoder",
+                        help="what starts from the bundled model; the rest is random")
+    parser.add_argument("--trainable", default="transformer", help="core.train's trainable (transformer: backbone frozen)")
+    parser.add_argument("--shortest-edge", type=int, default=128, help="training and evaluation resolution")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    parser.add_argument("--out", type=Path, default=Path("data/converge"))
+    parser.add_argument("--one", nargs=3, metavar=("MODEL", "ARM", "SEED"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.one:
+        kind, arm, seed = args.one[0], args.one[1], int(args.one[2])
+        record = run_one(kind, arm, seed, args)
+        path = args.out / "runs" / f"{kind}-{arm}-{seed}.json"
+        path.with_suffix(".tmp").write_text(json.dumps(record))
+        os.replace(path.with_suffix(".tmp"), path)
+        return 0
+
+    from datasets.shapes import write_coco
+
+    (args.out / "runs").mkdir(parents=True, exist_ok=True)
+    if not (args.out / "val" / "annotations.json").is_file():
+        write_coco(args.out / "val", args.eval_images, first_seed=EVAL_FIRST_SEED)
+    settings = ["--epochs", str(args.epochs), "--images", str(args.images), "--batch-size", str(args.batch_size),
+                "--lr", str(args.lr), "--shortest-edge", str(args.shortest_edge), "--init", args.init, "--trainable", args.trainable, "--threads", str(args.threads), "--out", str(args.out)]
+    # seed-major, so an interrupted experiment has every arm of the first seed
+    todo = [(k, a, s) for s in args.seeds for k in args.models for a in args.arms
+            if not (args.out / "runs" / f"{k}-{a}-{s}.json").is_file()]
+    running: list[subprocess.Popen] = []
+    failed = []
+    while todo or running:
+        while todo and len(running) < args.parallel:
+            kind, arm, seed = todo.pop(0)
+            running.append(subprocess.Popen([sys.executable, "-m", "training.converge", "--one", kind, arm, str(seed),
+                                             *settings]))
+        time.sleep(1)
+        for process in [p for p in running if p.poll() is not None]:
+            running.remove(process)
+            if process.returncode:
+                failed.append(" ".join(process.args[3:6]))
+    runs = [json.loads(p.read_text()) for p in sorted((args.out / "runs").glob("*.json"))]
+    runs = [r for r in runs if r["model"] in args.models and r["arm"] in args.arms and r["seed"] in args.seeds]
+    text = table(runs)
+    (args.out / "table.md").write_text(text + "\n")
+    print(text)
+    if failed:
+        print(f"failed runs: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
