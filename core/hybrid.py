@@ -58,7 +58,8 @@ class PositiveQueries(nn.Module):
     content += LayerNorm(Linear(the pyramid feature at the anchor)); position += a learned
     embedding of the auxiliary head the anchors came from. (The reference code builds that
     embedding as ``nn.Embedding(K, 1, 1, d)``, i.e. one scalar per head with padding_idx 1 and
-    max_norm 1; here it is ``nn.Embedding(K, d)``, a vector per head as the paper describes.)
+    max_norm d, a bug its authors keep to reproduce their ResNet-50 results; here it is
+    ``nn.Embedding(K, d)``, a vector per head, as they say it should be.)
     """
 
     def __init__(self, d_model: int, num_heads: int = 1):
@@ -121,8 +122,9 @@ class CoDetrBranch(nn.Module):
 
     def _queries(self, features: list[torch.Tensor], anchors: torch.Tensor, assigned: list[torch.Tensor],
                  valid: torch.Tensor, sizes: torch.Tensor):
-        """Anchor indices ``[B, N]`` of each image's positive queries (positives first, then
-        negatives as padding) and the matches ``(query rows, box cols)`` per image."""
+        """Each image's query anchors, positives first, then random negatives as padding, as
+        ``(anchors [B, N, 4]`` normalized cxcywh, ``features [B, N, d]`` at those anchors, and the
+        fixed matches ``(query rows, box cols)`` per image)."""
         chosen, matches = [], []
         positives = [_pick((a >= 0).nonzero().squeeze(1), min(int((a >= 0).sum()), self.max_queries)) for a in assigned]
         count = min(max([len(p) for p in positives] + [self.min_queries]), self.max_queries)
@@ -141,6 +143,9 @@ class CoDetrBranch(nn.Module):
         return normalized, gathered, matches
 
     def forward(self, encoded: Encoded, targets: list[dict[str, torch.Tensor]], decode: Decode) -> dict:
+        if encoded.stride != self.pyramid.base_stride:
+            raise ValueError(f"the branch was built for memory at stride {self.pyramid.base_stride}, this model's is "
+                             f"{encoded.stride}; build it with core.forward.memory_stride(model).")
         features = self.pyramid(encoded.memory_map())
         device = encoded.memory.device
         anchors, levels = make_anchors([f.shape[-2:] for f in features], self.strides, self.anchor_scale, device)
