@@ -249,3 +249,21 @@ def test_a_co_detr_run_resumes_exactly(tmp_path):
     train(parts, "conditional_detr", ShapesDataset(4, first_seed=3), run(4, tmp_path / "b"))
     for (name, a), b in zip(whole.state_dict().items(), parts.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("hybrid", ["co-detr", "h-detr"])
+def test_hybrid_training_on_cuda_with_bf16(kind, hybrid):
+    """On a GPU the loop runs under bf16 autocast: the branch's losses stay finite and the model trains."""
+    model = tiny_model(kind).cuda()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    config = TrainConfig(epochs=2, max_steps=4, batch_size=2, lr=1e-3, freeze_stem=False, shortest_edge=64,
+                         longest_edge=96, log_every=1, hybrid=hybrid, co_detr_strides=(8, 16, 32),
+                         co_detr_anchor_scale=4.0, h_detr_queries=2)
+    result = train(model, kind, ShapesDataset(4, first_seed=3), config, progress=lambda p: seen.append(p.losses))
+    assert result.step == 4 and not result.skipped_steps
+    assert all(torch.isfinite(torch.tensor(v)) for losses in seen for v in losses.values())
+    assert "loss_hybrid" in seen[-1]
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
