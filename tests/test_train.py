@@ -188,15 +188,17 @@ def test_cancel_stops_within_one_step(tmp_path):
     assert latest_checkpoint(tmp_path) is None  # nothing half-done was written
 
 
-def test_two_processes_end_with_identical_weights(tmp_path):
-    """Real two-process DDP on CPU (gloo) through torchrun and Accelerate."""
+@pytest.mark.parametrize("hybrid", ["off", "co-detr"])
+def test_two_processes_end_with_identical_weights(tmp_path, hybrid):
+    """Real two-process DDP on CPU (gloo) through torchrun and Accelerate; with Co-DETR's branch
+    too (its weights are averaged with the model's; every one of them is used each step)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     with socket.socket() as probe:  # a free port; torchrun's --master_port 0 waits forever
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     completed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(port), str(ROOT / "tests" / "ddp_train.py"), str(tmp_path)],
+         "--master_port", str(port), str(ROOT / "tests" / "ddp_train.py"), str(tmp_path), hybrid],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
