@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 
 from app import review
 from app.access import public_space_without_login
-from core.hybrid import HYBRID
+from core.hybrid import hybrid_setting_problem
 from core.train import TRAINABLE
 from training.finetune import (JOB_FILE, FinetuneConfig, FinetuneError, continue_job, finetune, per_class_table,
                                reviewed_samples, run_chunk, unfinished_job)
@@ -123,11 +123,8 @@ def start_finetune(base: str, epochs: int, lr: float, trainable: str = FinetuneC
         raise gr.Error("Fine-tuning is disabled on a public Space without login.")
     if trainable not in TRAINABLE:
         raise gr.Error(f"What trains must be one of {', '.join(TRAINABLE)}; got {trainable!r}.")
-    if hybrid not in HYBRID:
-        raise gr.Error(f"One-to-many training must be one of {', '.join(HYBRID)}; got {hybrid!r}.")
-    if hybrid != "off" and trainable == "heads":
-        raise gr.Error(f"{hybrid} trains the decoder; with 'What trains' = heads it has nothing to train. "
-                       "Choose decoder, transformer or all.")
+    if problem := hybrid_setting_problem(hybrid, trainable):
+        raise gr.Error(problem)
     config = FinetuneConfig(epochs=int(epochs), lr=float(lr), lr_backbone=float(lr) / 10, trainable=trainable,
                             hybrid=hybrid)
     run, chunk_s = _chunk_runner()

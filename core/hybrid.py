@@ -42,6 +42,19 @@ ATSS_WEIGHTS = {"loss_atss_cls": 1.0, "loss_atss_giou": 2.0, "loss_atss_centerne
 Decode = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # AllDecoderLayers.decode
 
 
+def hybrid_setting_problem(hybrid: str, trainable: str) -> str | None:
+    """What is wrong with training ``hybrid`` while only ``trainable`` trains (`core.train.TRAINABLE`),
+    as a message for the user; None when the pair can work. One rule for the loop, the fine-tune
+    and the Train tab, each of which checks it before it starts."""
+    if hybrid not in HYBRID:
+        return f"hybrid must be one of {', '.join(HYBRID)}; got {hybrid!r}."
+    if hybrid != "off" and trainable == "heads":
+        return (f"hybrid={hybrid!r} supervises the decoder (Co-DETR's ATSS head also the encoder), which "
+                "trainable='heads' keeps frozen, so it has nothing to train; choose 'decoder', 'transformer' "
+                "or 'all' for what trains (or hybrid 'off').")
+    return None
+
+
 def sine_box_embedding(boxes: torch.Tensor, num_feats: int, temperature: float = 10000.0) -> torch.Tensor:
     """Deformable DETR's proposal embedding: ``[..., 4]`` normalized boxes -> ``[..., 4 * num_feats]``,
     each coordinate times 2 pi over ``num_feats`` frequencies, sines and cosines interleaved."""

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from core.forward import AllDecoderLayers, memory_stride
-from core.hybrid import HYBRID, CoDetrBranch, HDetrBranch
+from core.hybrid import CoDetrBranch, HDetrBranch, hybrid_setting_problem
 from core.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from core.loading import PreprocessConfig
 from core.losses import criterion_for, validate_targets
@@ -121,15 +121,12 @@ TRAINABLE = {
 
 def hybrid_branch(model: nn.Module, kind: str, num_classes: int, config: TrainConfig) -> nn.Module | None:
     """The training-only branch ``config.hybrid`` asks for (None for "off"), on the model's device."""
-    if config.hybrid not in HYBRID:
-        raise ValueError(f"hybrid must be one of {', '.join(HYBRID)}; got {config.hybrid!r}.")
+    if problem := hybrid_setting_problem(config.hybrid, config.trainable):
+        raise ValueError(problem)
     if config.hybrid == "off":
         return None
     if config.one_to_many > 1:
         raise ValueError("one_to_many (hybrid layers) and hybrid are two forms of one-to-many training; use one.")
-    if config.trainable == "heads":
-        raise ValueError(f"hybrid={config.hybrid!r} supervises the decoder (Co-DETR's ATSS head also the encoder), "
-                         "which trainable='heads' keeps frozen; choose trainable 'decoder', 'transformer' or 'all'.")
     d_model, layers = model.config.d_model, model.config.decoder_layers
     if config.hybrid == "co-detr":
         branch = CoDetrBranch(d_model, num_classes, layers, memory_stride(model), config.co_detr_strides,

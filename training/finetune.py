@@ -44,7 +44,7 @@ from core.evaluate import Metrics, coco_metrics, to_coco_results
 from core.images import load_image
 from core.inference import predict
 from core.loading import Detector, load_detector_or_bundled
-from core.hybrid import HYBRID
+from core.hybrid import hybrid_setting_problem
 from core.train import TRAINABLE, Progress, TrainConfig, train
 from training.registry import PREFIX, Registry
 
@@ -264,11 +264,8 @@ def prepare(view, base: str, config: FinetuneConfig, work_dir: Path, registry: R
         )
     if config.trainable not in TRAINABLE:
         raise FinetuneError(f"trainable must be one of {', '.join(TRAINABLE)}; got {config.trainable!r}.")
-    if config.hybrid not in HYBRID:
-        raise FinetuneError(f"hybrid must be one of {', '.join(HYBRID)}; got {config.hybrid!r}.")
-    if config.hybrid != "off" and config.trainable == "heads":
-        raise FinetuneError(f"hybrid={config.hybrid!r} supervises the decoder, which trainable='heads' keeps frozen; "
-                            "choose trainable 'decoder', 'transformer' or 'all' (or hybrid 'off').")
+    if problem := hybrid_setting_problem(config.hybrid, config.trainable):
+        raise FinetuneError(problem)
     detector, base_dir = resolve_base(base, registry)
     reviewed_names = [name for s in samples for name in s.names]
     labels = list(detector.labels) + [name for name in dict.fromkeys(reviewed_names) if name not in detector.labels]
