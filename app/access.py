@@ -1,25 +1,17 @@
 """Who may change data. Local use is open; on a Hugging Face Space only signed-in users may.
 
-A Space is recognised by ``SPACE_ID`` (Spaces set it). Sign-in there is Gradio's OAuth
-(``hf_oauth: true`` in the README front matter sets ``OAUTH_CLIENT_ID``), which keeps the user in
-the request session under ``oauth_info``.
+A Space is recognised by ``SPACE_ID`` (`app.config.AppConfig.on_space`). Sign-in there is
+Gradio's OAuth (``hf_oauth: true`` in the README front matter sets ``OAUTH_CLIENT_ID``), which
+keeps the user in the request session under ``oauth_info``.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import os
 from collections.abc import Callable
 
-
-def on_space() -> bool:
-    return bool(os.environ.get("SPACE_ID"))
-
-
-def public_space_without_login() -> bool:
-    """On a public Hugging Face Space with no login configured, anyone could change data or train."""
-    return on_space() and not os.environ.get("OAUTH_CLIENT_ID")
+from app.config import AppConfig
 
 
 def signed_in(scope: dict) -> bool:
@@ -28,18 +20,18 @@ def signed_in(scope: dict) -> bool:
     return bool(session.get("oauth_info"))
 
 
-def may_change_data(scope: dict) -> bool:
+def may_change_data(config: AppConfig, scope: dict) -> bool:
     """Off Spaces everyone may (a local or team server); on a Space only a signed-in user."""
-    return not on_space() or signed_in(scope)
+    return not config.on_space or signed_in(scope)
 
 
 def _scope(request) -> dict:
     return getattr(getattr(request, "request", None), "scope", None) or {}
 
 
-def caller_may_change_data(request) -> bool:
+def caller_may_change_data(config: AppConfig, request) -> bool:
     """For a Gradio handler's ``gr.Request``."""
-    return may_change_data(_scope(request)) or bool(getattr(request, "username", None))  # --auth user
+    return may_change_data(config, _scope(request)) or bool(getattr(request, "username", None))  # --auth user
 
 
 def user_name(request) -> str | None:
@@ -49,19 +41,14 @@ def user_name(request) -> str | None:
     return info.get("preferred_username") or getattr(request, "username", None) or None
 
 
-def trainers() -> set[str]:
-    """``DETR_STUDIO_TRAINERS``: comma-separated user names allowed to fine-tune; empty means anyone
-    who may change data."""
-    return {name.strip() for name in os.environ.get("DETR_STUDIO_TRAINERS", "").split(",") if name.strip()}
-
-
-def needs_sign_in(handler: Callable, name_argument: str | None = None, training: bool = False) -> Callable:
+def needs_sign_in(handler: Callable, config: AppConfig, name_argument: str | None = None,
+                  training: bool = False) -> Callable:
     """Wrap a Gradio handler that changes data: on a Space, callers who are not signed in get an error.
 
     Hidden buttons are not access control; this runs on every call, the API's included. Gradio
     injects the request because the wrapper declares a last parameter annotated ``gr.Request``.
     ``name_argument`` names a parameter (the reviewer) that a signed-in user's name replaces.
-    ``training``: also require the user to be on the ``DETR_STUDIO_TRAINERS`` list when one is set.
+    ``training``: also require the user to be on ``config.trainers`` (``DETR_STUDIO_TRAINERS``) when set.
     """
     import gradio as gr
 
@@ -74,11 +61,11 @@ def needs_sign_in(handler: Callable, name_argument: str | None = None, training:
         args = tuple(bound.arguments.values())
         if request is None:  # called from Python, not through the server
             return args
-        if not caller_may_change_data(request):
+        if not caller_may_change_data(config, request):
             raise gr.Error("Sign in with your Hugging Face account (button at the top) to change data on this "
                            "Space; detection and the query views work without signing in.")
         user = user_name(request)
-        allowed = trainers() if training else set()
+        allowed = {name.strip() for name in config.trainers if name.strip()} if training else set()
         if allowed and user not in allowed:
             raise gr.Error(f"Fine-tuning on this server is limited to {', '.join(sorted(allowed))}; "
                            f"you are signed in as {user or 'nobody'}.")

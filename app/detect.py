@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 import numpy as np
 
 from app.inputs import detector_for, image_and_detector, processing_size, threshold_value, with_note
-from app.models import get_detector
 from core.annotate import annotate
 from core.images import ImageError, load_image
 from core.inference import predict
 from core.loading import ModelLoadError
+
+if TYPE_CHECKING:
+    from app.state import AppState
 
 DETECTION_HEADERS = ["query", "label", "score", "x1", "y1", "x2", "y2"]
 
@@ -28,6 +31,7 @@ def _rows(detections) -> list[list]:
 
 
 def detect(
+    state: AppState,
     image: np.ndarray | str | None, model_name: str, threshold: float, size: int | None = None,
     classes: list[str] | None = None,
 ) -> tuple[np.ndarray, list[list], str]:
@@ -41,7 +45,7 @@ def detect(
     out-of-range threshold, or a model that cannot be loaded.
     """
     threshold, size = threshold_value(threshold), processing_size(size)
-    picture, detector = image_and_detector(image, model_name)
+    picture, detector = image_and_detector(state.models, image, model_name)
 
     start = time.perf_counter()
     outputs = predict(detector, [picture], shortest_edge=size)[0]
@@ -57,6 +61,7 @@ def detect(
 
 
 def detect_batch(
+    state: AppState,
     files: list | None, model_name: str, threshold: float, size: int | None = None, classes: list[str] | None = None,
 ) -> tuple[list[tuple[np.ndarray, str]], list[list], str]:
     """Several images at once: ``(gallery of (annotated, caption), rows with the file name first, status)``.
@@ -66,7 +71,7 @@ def detect_batch(
     if not files:
         raise gr.Error("Upload one or more images first.")
     threshold, size = threshold_value(threshold), processing_size(size)
-    detector = detector_for(model_name)
+    detector = detector_for(state.models, model_name)
     names = [Path(getattr(f, "name", f)).name for f in files]
     pictures, problems = [], []
     for file, name in zip(files, names):
@@ -88,9 +93,9 @@ def detect_batch(
     return gallery, rows, with_note(status, detector)
 
 
-def model_labels(model_name: str):
+def model_labels(state: AppState, model_name: str):
     """The class filter's choices for ``model_name`` (empty when it cannot be loaded yet)."""
     try:
-        return gr.update(choices=get_detector(model_name).labels, value=[])
+        return gr.update(choices=state.models.get(model_name).labels, value=[])
     except ModelLoadError:
         return gr.update(choices=[], value=[])

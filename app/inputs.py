@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 from PIL import Image
 
-from app.models import get_detector
+from app.models import ModelCache
 from core.images import ImageError, load_image
 from core.loading import Detector, ModelLoadError
 
@@ -27,14 +27,16 @@ def processing_size(size) -> int | None:
     return size
 
 
-def detector_for(model_name: str) -> Detector:
+def detector_for(models: ModelCache, model_name: str) -> Detector:
+    """The loaded model ``model_name``, or a `gr.Error` saying why it cannot be loaded."""
     try:
-        return get_detector(model_name)
+        return models.get(model_name)
     except ModelLoadError as error:
         raise gr.Error(str(error)) from None
 
 
-def image_and_detector(image, model_name: str, missing: str = NO_IMAGE) -> tuple[Image.Image, Detector]:
+def image_and_detector(models: ModelCache, image, model_name: str, missing: str = NO_IMAGE
+                       ) -> tuple[Image.Image, Detector]:
     """The decoded image and the loaded model, or a `gr.Error` saying what is wrong."""
     if image is None:
         raise gr.Error(missing)
@@ -42,7 +44,7 @@ def image_and_detector(image, model_name: str, missing: str = NO_IMAGE) -> tuple
         picture = load_image(image)
     except ImageError as error:
         raise gr.Error(str(error)) from None
-    return picture, detector_for(model_name)
+    return picture, detector_for(models, model_name)
 
 
 def with_note(status: str, detector: Detector) -> str:

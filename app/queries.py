@@ -11,16 +11,20 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import gradio as gr
 import numpy as np
 
 from app.inputs import detector_for, image_and_detector, processing_size, threshold_value, with_note
 from app.render import attention_overlay, grid_query_at, query_grid, slot_plot
-from core.boxes import box_xyxy_to_cxcywh
+from core.boxes import box_xyxy_to_cxcywhn
 from core.images import ImageError, load_image
 from core.inference import QueryOutputs, predict
 from datasets.review import pixel_hash
+
+if TYPE_CHECKING:
+    from app.state import AppState
 
 QUERY_HEADERS = ["query", "label", "score", "no-object", "x1", "y1", "x2", "y2", "passed"]
 CACHE_SIZE = 12
@@ -36,43 +40,48 @@ class Inspected:
     seconds: float
 
 
-_lock = threading.Lock()
-_cache: OrderedDict[str, Inspected] = OrderedDict()
+class QueryCache:
+    """The last ``size`` inspected (image, model, size) combinations, least recently used out."""
+
+    def __init__(self, size: int = CACHE_SIZE):
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, Inspected] = OrderedDict()
+
+    def remember(self, key: str, item: Inspected) -> None:
+        with self._lock:
+            self._items[key] = item
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def find(self, key: str) -> Inspected | None:
+        with self._lock:
+            return self._items.get(key or "")
+
+    def get(self, key: str) -> Inspected:
+        """The cached outputs for ``key``; a clear error when they were evicted or never made."""
+        item = self.find(key)
+        if item is None:
+            raise gr.Error("These query outputs are no longer cached; press 'Inspect queries' again.")
+        return item
 
 
-def _remember(key: str, item: Inspected) -> None:
-    with _lock:
-        _cache[key] = item
-        _cache.move_to_end(key)
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-
-
-def inspected(key: str) -> Inspected:
-    """The cached outputs for ``key``; a clear error when they were evicted or never made."""
-    with _lock:
-        item = _cache.get(key or "")
-    if item is None:
-        raise gr.Error("These query outputs are no longer cached; press 'Inspect queries' again.")
-    return item
-
-
-def run_queries(image, model_name: str, size: int | None, threshold: float):
+def run_queries(state: AppState, image, model_name: str, size: int | None, threshold: float):
     """Run the model once with all decoder layers' attention; returns
     ``(key, rows, grid picture, layer choices, head choices, status)``."""
     threshold, size = threshold_value(threshold), processing_size(size)
-    picture, detector = image_and_detector(image, model_name,
+    picture, detector = image_and_detector(state.models, image, model_name,
                                            "Upload an image or pick an example in the Detect tab first.")
     picture = np.asarray(picture)
     key = pixel_hash(picture)[:16] + f"|{detector.name}|{size}"
-    with _lock:
-        cached = _cache.get(key)
+    cached = state.queries.find(key)
     if cached is None:
         layers = list(range(detector.model.config.decoder_layers))
         start = time.perf_counter()
         outputs = predict(detector, [picture], shortest_edge=size, attention_layers=layers)[0]
         cached = Inspected(picture, outputs, model_name, detector.name, time.perf_counter() - start)
-    _remember(key, cached)
+    state.queries.remember(key, cached)
     outputs = cached.outputs
     heads = next(iter(outputs.attention.values())).shape[0]
     passed = int(outputs.passed(threshold).sum())
@@ -95,12 +104,12 @@ def query_rows(outputs: QueryOutputs, threshold: float) -> list[list]:
     return rows
 
 
-def query_attention(key: str, query, layer=None, head=None, threshold: float = 0.5):
+def query_attention(state: AppState, key: str, query, layer=None, head=None, threshold: float = 0.5):
     """One query's box and cross-attention on the image; returns ``(overlay, grid, details)``.
 
     ``layer`` is a decoder layer index (default the last), ``head`` a head index or "mean".
     """
-    item = inspected(key)
+    item = state.queries.get(key)
     outputs = item.outputs
     query = query_index(outputs, query)
     layer = int(layer) if layer not in (None, "") else max(outputs.attention)
@@ -132,9 +141,9 @@ def query_index(outputs: QueryOutputs, query) -> int:
     return query
 
 
-def grid_select(key: str, evt: gr.SelectData) -> int:
+def grid_select(state: AppState, key: str, evt: gr.SelectData) -> int:
     """The query under a click on the grid picture."""
-    outputs = inspected(key).outputs
+    outputs = state.queries.get(key).outputs
     x, y = evt.index
     query = grid_query_at(outputs.num_queries, x, y)
     if query is None:
@@ -147,12 +156,12 @@ def table_select(evt: gr.SelectData) -> int:
     return int(evt.row_value[0])
 
 
-def slot_specialization(images: list, model_name: str, slots_text: str, size: int | None = None):
+def slot_specialization(state: AppState, images: list, model_name: str, slots_text: str, size: int | None = None):
     """Fig. 7 of the DETR paper over ``images``: where each chosen slot puts its boxes."""
     if not images:
         raise gr.Error("Add images first: upload several in the Detect tab or send some to review.")
     size = processing_size(size)
-    detector = detector_for(model_name)
+    detector = detector_for(state.models, model_name)
     try:
         pictures = [load_image(image) for image in images]
     except ImageError as error:
@@ -162,8 +171,7 @@ def slot_specialization(images: list, model_name: str, slots_text: str, size: in
     outputs = predict(detector, pictures, shortest_edge=size)
     centers, sizes = [], []
     for out in outputs:
-        width, height = out.image_size
-        boxes = box_xyxy_to_cxcywh(out.boxes / np.array([width, height, width, height]))
+        boxes = box_xyxy_to_cxcywhn(out.boxes, *out.image_size)
         centers.append(boxes[:, :2])
         sizes.append(boxes[:, 2:])
     return slot_plot(np.stack(centers), np.stack(sizes), slots,

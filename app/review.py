@@ -9,8 +9,8 @@ made against, so a reviewer never silently overwrites another's work.
 from __future__ import annotations
 
 import html
-import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 import numpy as np
@@ -18,50 +18,17 @@ import supervision as sv
 
 from app.fiftyone_app import app_url
 from app.inputs import detector_for, image_and_detector, processing_size, threshold_value
-from app.queries import inspected, query_index
+from app.queries import query_index
 from app.render import class_color, pr_curves
 from core.images import ImageError, load_image
 from core.inference import QueryOutputs, predict
 from datasets.coco import CocoError, export_reviewed, list_images, read_coco
-from datasets.review import DEFAULT_DATASET, ReviewError, ReviewStore, check_boxes, default_data_dir
+from datasets.labels import ReviewError, check_boxes
+
+if TYPE_CHECKING:
+    from app.state import AppState
 
 STORED_SCORE_FLOOR = 0.05  # predictions stored with a sample: all at or above this (or the threshold, if lower)
-
-_lock = threading.RLock()  # store() is also called while holding it
-_settings = {"dataset": DEFAULT_DATASET, "data_dir": None}
-_store: ReviewStore | None = None
-
-
-def configure(dataset: str | None = None, data_dir: Path | None = None) -> None:
-    """Choose the review dataset and data directory (before the first request)."""
-    global _store
-    with _lock:
-        _settings.update(dataset=dataset or DEFAULT_DATASET, data_dir=data_dir)
-        _store = None
-
-
-def data_dir() -> Path:
-    """The app data directory (review media, model versions)."""
-    return Path(_settings["data_dir"] or default_data_dir())
-
-
-def registry():
-    """The model versions of this data directory."""
-    from training.registry import Registry
-
-    return Registry(data_dir() / "models")
-
-
-def store() -> ReviewStore:
-    """The app's review store, opened on first use."""
-    global _store
-    with _lock:
-        if _store is None:
-            try:
-                _store = ReviewStore.open(_settings["dataset"], data_dir())
-            except ReviewError as error:
-                raise gr.Error(str(error)) from None
-        return _store
 
 
 # ---- editor value <-> detections ---------------------------------------------------------------
@@ -91,21 +58,21 @@ def editor_detections(value: dict | None) -> sv.Detections:
     return sv.Detections(xyxy=xyxy, data={"class_name": names})
 
 
-def _status(item) -> str:
+def _status(state: AppState, item) -> str:
     who = f" by {html.escape(item.reviewer)}" if item.reviewer else ""
     when = f" at {item.time:%Y-%m-%d %H:%M} UTC" if item.time else ""
-    counts = store().counts()
+    counts = state.store.counts()
     return (f"Sample `{item.sample_id}` · **{item.status}**{who}{when} · revision {item.revision} · "
             f"{counts['reviewed']} reviewed, {counts['to_review']} to review")
 
 
-def load_sample(sample_id: str, threshold: float = 0.5):
+def load_sample(state: AppState, sample_id: str, threshold: float = 0.5):
     """A stored sample into the editor: its reviewed truth, else predictions at ``threshold``.
 
     Returns ``(editor value, sample id, revision, status)``.
     """
     try:
-        item = store().get(sample_id)
+        item = state.store.get(sample_id)
     except ReviewError as error:
         raise gr.Error(str(error)) from None
     if item.ground_truth is not None:
@@ -113,30 +80,30 @@ def load_sample(sample_id: str, threshold: float = 0.5):
     else:
         boxes = item.predictions[item.predictions.confidence >= float(threshold)] if len(item.predictions) else \
             item.predictions
-    value = {"image": item.filepath, "boxes": _editor_boxes(boxes, store().labels)}
-    return value, item.sample_id, item.revision, _status(item)
+    value = {"image": item.filepath, "boxes": _editor_boxes(boxes, state.store.labels)}
+    return value, item.sample_id, item.revision, _status(state, item)
 
 
-def send_to_review(image, model_name: str, threshold: float, size: int | None = None):
+def send_to_review(state: AppState, image, model_name: str, threshold: float, size: int | None = None):
     """Add the Detect tab's image and its predictions to the review dataset and open it in the editor."""
     threshold, size = threshold_value(threshold), processing_size(size)
-    picture, detector = image_and_detector(image, model_name)
+    picture, detector = image_and_detector(state.models, image, model_name)
     outputs = predict(detector, [picture], shortest_edge=size)[0]
-    return load_sample(_add(picture, outputs, detector, threshold), threshold)
+    return load_sample(state, _add(state, picture, outputs, detector, threshold), threshold)
 
 
-def _add(picture, outputs: QueryOutputs, detector, threshold: float, ground_truth=None) -> str:
+def _add(state: AppState, picture, outputs: QueryOutputs, detector, threshold: float, ground_truth=None) -> str:
     """Store ``picture`` with the model's predictions; returns the sample id."""
     # Everything above a low floor is stored, so a reviewer can lower the threshold without rerunning.
     detections = outputs.to_detections(min(STORED_SCORE_FLOOR, threshold))
     try:
-        return store().add_image(picture, detections, model_version=detector.name, labels=detector.labels,
+        return state.store.add_image(picture, detections, model_version=detector.name, labels=detector.labels,
                                  ground_truth=ground_truth)
     except ReviewError as error:
         raise gr.Error(str(error)) from None
 
 
-def save_review(sample_id: str, revision, value: dict, reviewer: str, threshold: float = 0.5):
+def save_review(state: AppState, sample_id: str, revision, value: dict, reviewer: str, threshold: float = 0.5):
     """Save the editor's boxes as the truth of ``sample_id`` if ``revision`` is still current.
 
     Returns the sample as stored, read back: ``(editor value, sample id, revision, status)``.
@@ -146,73 +113,73 @@ def save_review(sample_id: str, revision, value: dict, reviewer: str, threshold:
         raise gr.Error("Load a sample into the editor first (Next to review, or Send to review).")
     boxes = editor_detections(value)
     try:
-        store().save_review(sample_id, boxes, int(revision), reviewer)
+        state.store.save_review(sample_id, boxes, int(revision), reviewer)
     except ReviewError as error:
         raise gr.Error(str(error)) from None
-    value, sample_id, revision, status = load_sample(sample_id, threshold)
+    value, sample_id, revision, status = load_sample(state, sample_id, threshold)
     return value, sample_id, revision, f"Saved. {status}"
 
 
-def undo_review(sample_id: str, revision, reviewer: str, threshold: float = 0.5):
+def undo_review(state: AppState, sample_id: str, revision, reviewer: str, threshold: float = 0.5):
     """Restore the sample's previous revision (a new revision itself)."""
     if not sample_id:
         raise gr.Error("Load a sample into the editor first.")
     try:
-        store().undo(sample_id, int(revision), reviewer)
+        state.store.undo(sample_id, int(revision), reviewer)
     except ReviewError as error:
         raise gr.Error(str(error)) from None
-    value, sample_id, revision, status = load_sample(sample_id, threshold)
+    value, sample_id, revision, status = load_sample(state, sample_id, threshold)
     return value, sample_id, revision, f"Undone. {status}"
 
 
-def next_to_review(current: str | None = None, threshold: float = 0.5):
+def next_to_review(state: AppState, current: str | None = None, threshold: float = 0.5):
     """The most uncertain unreviewed sample (skipping the one on screen)."""
-    sample_id = store().next_to_review(skip=[current] if current else [])
+    sample_id = state.store.next_to_review(skip=[current] if current else [])
     if sample_id is None:
         if current:
-            return load_sample(current, threshold)
+            return load_sample(state, current, threshold)
         raise gr.Error("Nothing left to review: send images from the Detect tab or import a folder.")
-    return load_sample(sample_id, threshold)
+    return load_sample(state, sample_id, threshold)
 
 
-def promote_query(key: str, query, sample_id: str | None, value: dict | None, threshold: float = 0.5):
+def promote_query(state: AppState, key: str, query, sample_id: str | None, value: dict | None, threshold: float = 0.5):
     """Add one query's box and top class to the review of its image (opening it in the editor)."""
-    item = inspected(key)
+    item = state.queries.get(key)
     outputs = item.outputs
     query = query_index(outputs, query)
     threshold = threshold_value(threshold)
-    image_id = store().find(item.image)
+    image_id = state.store.find(item.image)
     if image_id is None:
-        image_id = _add(item.image, outputs, detector_for(item.model_name), threshold)
+        image_id = _add(state, item.image, outputs, detector_for(state.models, item.model_name), threshold)
     if image_id == sample_id and value and value.get("image") is not None:
-        current, stored = value, store().get(image_id)
-        revision, status = stored.revision, _status(stored)
+        current, stored = value, state.store.get(image_id)
+        revision, status = stored.revision, _status(state, stored)
     else:
-        current, image_id, revision, status = load_sample(image_id, threshold)
+        current, image_id, revision, status = load_sample(state, image_id, threshold)
     label = outputs.labels[int(outputs.label_ids[query])]
     box = sv.Detections(xyxy=outputs.boxes[query].reshape(1, 4).astype(np.float32),
                         data={"class_name": np.array([label], dtype=object)})
-    current = {**current, "boxes": list(current.get("boxes") or []) + _editor_boxes(box, store().labels)}
+    current = {**current, "boxes": list(current.get("boxes") or []) + _editor_boxes(box, state.store.labels)}
     note = f"Added query {query} ({html.escape(label)}) to the editor; press Save to keep it."
     return current, image_id, revision, f"{note}\n\n{status}"
 
 
-def review_counts() -> str:
-    counts = store().counts()
-    return (f"Dataset `{store().dataset.name}`: {counts['reviewed']} reviewed, {counts['to_review']} to review, "
+def review_counts(state: AppState) -> str:
+    counts = state.store.counts()
+    return (f"Dataset `{state.store.dataset.name}`: {counts['reviewed']} reviewed, {counts['to_review']} to review, "
             f"{counts['total']} in all.")
 
 
 # ---- import / export ----------------------------------------------------------------------------
 
-def import_folder(folder: str, model_name: str, threshold: float, size: int | None = None) -> str:
+def import_folder(state: AppState, folder: str, model_name: str, threshold: float, size: int | None = None) -> str:
     """Add every image under ``folder``, pre-annotated by the model; unreadable files are listed."""
     threshold, size = threshold_value(threshold), processing_size(size)
     try:
         paths = list_images(folder)
     except CocoError as error:
         raise gr.Error(str(error)) from None
-    detector = detector_for(model_name)
+    detector = detector_for(state.models, model_name)
     added, problems = 0, []
     for path in paths:
         try:
@@ -220,15 +187,15 @@ def import_folder(folder: str, model_name: str, threshold: float, size: int | No
         except ImageError as error:
             problems.append(f"{path.name}: {error}")
             continue
-        _add(picture, predict(detector, [picture], shortest_edge=size)[0], detector, threshold)
+        _add(state, picture, predict(detector, [picture], shortest_edge=size)[0], detector, threshold)
         added += 1
     report = f"Imported {added} of {len(paths)} images from {html.escape(str(folder))}."
     if problems:
         report += "\n\nSkipped:\n" + "\n".join(f"- {html.escape(p)}" for p in problems)
-    return f"{report}\n\n{review_counts()}"
+    return f"{report}\n\n{review_counts(state)}"
 
 
-def import_coco(annotations: str, images_dir: str | None, model_name: str, threshold: float,
+def import_coco(state: AppState, annotations: str, images_dir: str | None, model_name: str, threshold: float,
                 size: int | None = None) -> str:
     """Import a COCO dataset: its boxes become ``ground_truth`` (status ``imported``), the model's
     output ``predictions``. The whole file is checked before anything is written."""
@@ -238,26 +205,26 @@ def import_coco(annotations: str, images_dir: str | None, model_name: str, thres
         pictures = [load_image(image.path) for image in images]
     except (CocoError, ImageError) as error:
         raise gr.Error(str(error)) from None
-    detector = detector_for(model_name)
+    detector = detector_for(state.models, model_name)
     for image, picture in zip(images, pictures):  # the store's own box checks, on every image before any write
         try:
             check_boxes(image.ground_truth, *picture.size)
         except ReviewError as error:
             raise gr.Error(f"{image.path.name}: {error} Fix the COCO file; nothing was imported.") from None
-    store().add_labels(labels)
+    state.store.add_labels(labels)
     for image, picture in zip(images, pictures):
-        _add(picture, predict(detector, [picture], shortest_edge=size)[0], detector, threshold,
+        _add(state, picture, predict(detector, [picture], shortest_edge=size)[0], detector, threshold,
              ground_truth=image.ground_truth)
-    return f"Imported {len(images)} images with {len(labels)} categories.\n\n{review_counts()}"
+    return f"Imported {len(images)} images with {len(labels)} categories.\n\n{review_counts(state)}"
 
 
-def export_coco(out_dir: str) -> str:
+def export_coco(state: AppState, out_dir: str) -> str:
     """Write the reviewed samples' truth as COCO (category ids from 1) into an empty folder."""
     if not out_dir or not out_dir.strip():
         raise gr.Error("Give a folder to export to.")
-    view = store().reviewed_view()
+    view = state.store.reviewed_view()
     try:
-        path = export_reviewed(view, Path(out_dir).expanduser(), store().labels)
+        path = export_reviewed(view, Path(out_dir).expanduser(), state.store.labels)
     except CocoError as error:
         raise gr.Error(str(error)) from None
     return f"Exported {len(view)} reviewed samples to {html.escape(str(path))}."
@@ -265,13 +232,13 @@ def export_coco(out_dir: str) -> str:
 
 # ---- evaluation and the FiftyOne App -----------------------------------------------------------
 
-def evaluate_reviewed():
+def evaluate_reviewed(state: AppState):
     """FiftyOne's COCO evaluation of ``predictions`` against ``ground_truth`` on reviewed samples.
 
     Returns ``(summary, per-class rows, PR-curve figure)``. The per-object ``eval`` fields (TP/FP/FN)
     stay in the dataset for filtering in the FiftyOne App.
     """
-    view = store().reviewed_view()
+    view = state.store.reviewed_view()
     if len(view) == 0:
         raise gr.Error("No reviewed samples yet; save a review first.")
     results = view.evaluate_detections("predictions", gt_field="ground_truth", eval_key="eval", method="coco",
@@ -283,17 +250,17 @@ def evaluate_reviewed():
         if ap >= 0:
             curves[str(name)] = results.precision[:, index, :].mean(0)
     mean_ap = float(results.mAP())
-    store().save_views(eval_key="eval")
+    state.store.save_views(eval_key="eval")
     summary = (f"mAP (COCO, IoU 0.50:0.95) over {len(view)} reviewed samples: **{mean_ap:.3f}**. "
                "Per-object results are in the fields `eval`, `eval_tp`, `eval_fp`, `eval_fn`; the saved view "
                "`disagreements` in FiftyOne lists the reviewed samples where model and review differ.")
     return summary, rows, pr_curves(np.asarray(results.recall), curves)
 
 
-def fiftyone_frame() -> tuple[str, str]:
+def fiftyone_frame(state: AppState) -> tuple[str, str]:
     """The Review-in-FiftyOne tab: links (full page, one per saved view) and the embedded App."""
-    names = store().save_views(eval_key="eval")
-    dataset = store().dataset.name
+    names = state.store.save_views(eval_key="eval")
+    dataset = state.store.dataset.name
     full = app_url(dataset)
     links = " · ".join(f"[{name}]({full}&view={name})" for name in names)
     markdown = f"[Open `{dataset}` full page]({full}) — saved views: {links}"
@@ -302,10 +269,10 @@ def fiftyone_frame() -> tuple[str, str]:
     return markdown, frame
 
 
-def open_fiftyone() -> str:
+def open_fiftyone(state: AppState) -> str:
     """A link to the FiftyOne App on the review dataset, served by this app under ``/fiftyone``;
     refreshes the saved views per review state first."""
-    store().save_views(eval_key="eval")
-    url = app_url(store().dataset.name)
-    return (f"[Open `{store().dataset.name}` in the FiftyOne App]({url}) (served by this app under `/fiftyone`; "
+    state.store.save_views(eval_key="eval")
+    url = app_url(state.store.dataset.name)
+    return (f"[Open `{state.store.dataset.name}` in the FiftyOne App]({url}) (served by this app under `/fiftyone`; "
             "it opens in this tab, use your browser's back button to return).")

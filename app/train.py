@@ -15,17 +15,20 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 import matplotlib.pyplot as plt
 
-from app import review
-from app.access import public_space_without_login
-from core.hybrid import hybrid_setting_problem
-from core.train import TRAINABLE
-from training.finetune import (JOB_FILE, FinetuneConfig, FinetuneError, continue_job, finetune, per_class_table,
-                               reviewed_samples, run_chunk, unfinished_job)
+from core.flags import with_flags
+from datasets.review import reviewed_samples
+from training.config import FinetuneConfig
+from training.finetune import config_problem, finetune, per_class_table
+from training.job import JOB_FILE, FinetuneError, continue_job, run_chunk, unfinished_job
 from training.registry import RegistryError
+
+if TYPE_CHECKING:
+    from app.state import AppState
 
 VERSION_HEADERS = ["version", "parent", "created", "val AP before", "val AP after", "labels", "samples"]
 
@@ -38,21 +41,55 @@ class Job:
     events: queue.Queue = field(default_factory=queue.Queue)
 
 
-_lock = threading.Lock()
-_job: Job | None = None
+class JobSlot:
+    """The server's one fine-tune job: `start` runs it in a worker thread, or refuses while one runs."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.current: Job | None = None
+
+    def start(self, base: str, produce: Callable[[Job], object]) -> Job:
+        """Run ``produce(job)`` in a worker thread; its result or error arrives on ``job.events``."""
+        with self._lock:
+            if self.current is not None:
+                minutes = (time.time() - self.current.started) / 60
+                raise gr.Error(f"A fine-tune of {self.current.base} is already running ({minutes:.0f} min so far); "
+                               "wait for it or cancel it.")
+            job = self.current = Job(time.time(), base)
+
+        def work():
+            try:
+                job.events.put(("done", produce(job)))
+            except Exception as error:  # reported to the page; the registry is unchanged
+                job.events.put(("error", error))
+            finally:
+                with self._lock:
+                    self.current = None
+
+        threading.Thread(target=work, daemon=True).start()
+        return job
+
+    def cancel(self) -> bool:
+        """Ask the running job to stop before its next step; False when none runs."""
+        with self._lock:
+            if self.current is None:
+                return False
+            self.current.cancel.set()
+            return True
 
 
-def training_summary() -> str:
+def training_summary(state: AppState) -> str:
     """What a fine-tune would train on: reviewed samples and classes."""
-    samples = reviewed_samples(review.store().dataset) if len(review.store().reviewed_view()) else []
-    counts = Counter(name for s in samples for name in s.names)
+    store = state.store
+    samples = reviewed_samples(store.dataset) if len(store.reviewed_view()) else []
+    counts = Counter(str(name) for s in samples for name in s.truth.data["class_name"])
     classes = ", ".join(f"{name} ({n})" for name, n in counts.most_common()) or "none"
-    text = f"**{len(samples)} reviewed samples** in `{review.store().dataset.name}`; boxes per class: {classes}."
-    if public_space_without_login():
+    text = f"**{len(samples)} reviewed samples** in `{store.dataset.name}`; boxes per class: {classes}."
+    if state.config.public_space_without_login:
         text += ("\n\nFine-tuning is disabled on this public Space: it has no login configured, so anyone could "
                  "start jobs. Duplicate the Space (or run it locally) to fine-tune.")
-    if _job is not None:
-        text += (f"\n\nA fine-tune of `{_job.base}` is running (started {(time.time() - _job.started) / 60:.0f} min "
+    if (job := state.job.current) is not None:
+        text += (f"\n\nA fine-tune of `{job.base}` is running (started {(time.time() - job.started) / 60:.0f} min "
                  "ago); its version appears in the list below when it finishes.")
     return text
 
@@ -71,65 +108,40 @@ def _plot(history: list[dict], losses: list[tuple[int, float]]):
     return figure
 
 
-def _work_dir() -> Path:
-    return review.data_dir() / "finetune-work"
-
-
 def _callbacks(job: Job) -> dict:
     return {"progress": lambda p: job.events.put(("progress", p)), "on_epoch": lambda h: job.events.put(("epoch", h)),
             "cancel": job.cancel}
 
 
-def _start(base: str, produce: Callable[[Job], object]) -> Job:
-    """Run ``produce(job)`` in a worker thread as the server's one job; refuse if one is running."""
-    global _job
-    with _lock:
-        if _job is not None:
-            minutes = (time.time() - _job.started) / 60
-            raise gr.Error(f"A fine-tune of {_job.base} is already running ({minutes:.0f} min so far); "
-                           "wait for it or cancel it.")
-        job = _job = Job(time.time(), base)
-
-    def work():
-        global _job
-        try:
-            job.events.put(("done", produce(job)))
-        except Exception as error:  # reported to the page; the registry is unchanged
-            job.events.put(("error", error))
-        finally:
-            with _lock:
-                _job = None
-
-    threading.Thread(target=work, daemon=True).start()
-    return job
-
-
-def continue_unfinished() -> str | None:
+def continue_unfinished(state: AppState) -> str | None:
     """At start-up, continue in the background a fine-tune that a restart interrupted (its job
     folder and checkpoints are under the data directory). Returns the job's base model, or None."""
-    pending = unfinished_job(_work_dir())
+    pending = unfinished_job(state.work_dir)
     if pending is None:
         return None
     run, chunk_s = _chunk_runner()
-    _start(pending["base"], lambda job: continue_job(_work_dir(), review.registry(), run=run, chunk_s=chunk_s,
-                                                     **_callbacks(job)))
+    state.job.start(pending["base"], lambda job: continue_job(state.work_dir, state.registry, run=run, chunk_s=chunk_s,
+                                                              **_callbacks(job)))
     return pending["base"]
 
 
-def start_finetune(base: str, epochs: int, lr: float, trainable: str = FinetuneConfig.trainable,
-                   hybrid: str = FinetuneConfig.hybrid):
+DEFAULTS = FinetuneConfig()
+
+
+def start_finetune(state: AppState, base: str, epochs: int, lr: float, trainable: str = DEFAULTS.train.trainable,
+                   hybrid: str = DEFAULTS.hybrid.method):
     """Run a fine-tune of ``base`` on the reviewed samples; yields ``(status, plot, table, new model)``."""
-    if public_space_without_login():
+    if state.config.public_space_without_login:
         raise gr.Error("Fine-tuning is disabled on a public Space without login.")
-    if trainable not in TRAINABLE:
-        raise gr.Error(f"What trains must be one of {', '.join(TRAINABLE)}; got {trainable!r}.")
-    if problem := hybrid_setting_problem(hybrid, trainable):
+    config = with_flags(DEFAULTS, epochs=int(epochs), lr=float(lr), lr_backbone=float(lr) / 10, trainable=trainable,
+                        hybrid=hybrid)
+    if problem := config_problem(config):
         raise gr.Error(problem)
-    config = FinetuneConfig(epochs=int(epochs), lr=float(lr), lr_backbone=float(lr) / 10, trainable=trainable,
-                            hybrid=hybrid)
     run, chunk_s = _chunk_runner()
-    job = _start(base, lambda job: finetune(review.store().dataset, base, config, registry=review.registry(),
-                                            work_dir=_work_dir(), run=run, chunk_s=chunk_s, **_callbacks(job)))
+    store = state.store
+    job = state.job.start(base, lambda job: finetune(store.dataset, base, config, registry=state.registry,
+                                                     work_dir=state.work_dir, run=run, chunk_s=chunk_s,
+                                                     **_callbacks(job)))
     history, losses, status = [], [], "Starting: evaluating the base model on the validation samples..."
     yield status, _plot(history, losses), [], gr.update()
     while True:
@@ -161,11 +173,9 @@ def trainable_for_hybrid(hybrid: str, trainable: str) -> str:
     return "transformer" if hybrid != "off" and trainable == "heads" else trainable
 
 
-def cancel_finetune() -> str:
-    with _lock:
-        if _job is None:
-            return "No fine-tune is running."
-        _job.cancel.set()
+def cancel_finetune(state: AppState) -> str:
+    if not state.job.cancel():
+        return "No fine-tune is running."
     return "Cancelling: the job stops before its next step."
 
 
@@ -205,9 +215,9 @@ def _chunk_runner():
     return run, ZEROGPU_CHUNK_S
 
 
-def versions_table() -> list[list]:
+def versions_table(state: AppState) -> list[list]:
     rows = []
-    for version in reversed(review.registry().versions()):
+    for version in reversed(state.registry.versions()):
         info = version.info
         metrics = info.get("metrics", {})
         rows.append([version.name, info.get("parent", ""), info.get("created", ""),
@@ -217,9 +227,9 @@ def versions_table() -> list[list]:
     return rows
 
 
-def rollback_target(version_name: str) -> str:
+def rollback_target(state: AppState, version_name: str) -> str:
     """The model to switch to when rolling back from ``version_name``: its parent."""
     try:
-        return review.registry().get(version_name).parent or "bundled"
+        return state.registry.get(version_name).parent or "bundled"
     except RegistryError as error:
         raise gr.Error(str(error)) from None

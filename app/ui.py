@@ -1,12 +1,15 @@
 """Builds the Gradio Blocks app from the tab handlers. No logic lives here, only wiring.
 
-Every main event has a stable ``api_name`` so scripts can drive the app with `gradio_client`.
+`build_app(state)` binds every handler to the server's `app.state.AppState` (handlers take it as
+their first argument). Every main event has a stable ``api_name`` so scripts can drive the app
+with `gradio_client`.
 """
 
 from __future__ import annotations
 
 import functools
-import os
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
@@ -14,17 +17,35 @@ import torch
 from gradio_image_annotation import image_annotator
 
 from app import queries, review, train
+from app.access import may_change_data, needs_sign_in
 from app.detect import DETECTION_HEADERS, detect, detect_batch, model_labels
-from app.models import default_model, model_choices
+from app.fiftyone_app import mount_fiftyone
 from app.render import class_color
+from app.state import AppState
 from core.hybrid import HYBRID
 from core.loading import ASSETS_DIR
-from app.access import may_change_data, needs_sign_in, on_space, public_space_without_login
-from app.fiftyone_app import mount_fiftyone
-from training.finetune import SUGGESTED_LR, FinetuneConfig
+from training.config import SUGGESTED_LR
 
 EXAMPLES_DIR = ASSETS_DIR / "examples"
 MAX_UPLOAD = "50mb"
+
+
+def bind(handler: Callable, state: AppState) -> Callable:
+    """``handler`` with ``state`` as its first argument, seen by Gradio as the rest of its signature
+    (so ``gr.Request`` / ``gr.SelectData`` parameters are still injected)."""
+    signature = inspect.signature(handler)
+    first = next(iter(signature.parameters))
+    if inspect.isgeneratorfunction(handler):
+        @functools.wraps(handler)
+        def bound(*args, **kwargs):
+            yield from handler(state, *args, **kwargs)
+    else:
+        @functools.wraps(handler)
+        def bound(*args, **kwargs):
+            return handler(state, *args, **kwargs)
+    bound.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+    bound.__annotations__ = {k: v for k, v in handler.__annotations__.items() if k != first}
+    return bound
 
 
 def _examples() -> list[str]:
@@ -33,7 +54,7 @@ def _examples() -> list[str]:
     return [str(path) for path in paths if path.suffix.lower() in (".jpg", ".png")]
 
 
-def _detect_tab(model, threshold, size):
+def _detect_tab(state: AppState, model, threshold, size, model_queue: dict):
     with gr.Row():
         with gr.Column():
             image = gr.Image(label="Image", type="numpy", elem_id="detect-input")
@@ -54,11 +75,11 @@ def _detect_tab(model, threshold, size):
         gallery = gr.Gallery(label="Annotated", columns=4, height="auto", elem_id="batch-gallery")
         batch_status = gr.Markdown()
         batch_table = gr.Dataframe(headers=["file", *DETECTION_HEADERS], interactive=False, label="All detections")
-    run.click(detect, inputs=[image, model, threshold, size, classes], outputs=[annotated, table, status],
-              api_name="detect", **MODEL_QUEUE)
-    run_batch.click(detect_batch, inputs=[files, model, threshold, size, classes],
-                    outputs=[gallery, batch_table, batch_status], api_name="detect_batch", **MODEL_QUEUE)
-    classes.focus(model_labels, inputs=[model], outputs=[classes], api_name=False)
+    run.click(bind(detect, state), inputs=[image, model, threshold, size, classes], outputs=[annotated, table, status],
+              api_name="detect", **model_queue)
+    run_batch.click(bind(detect_batch, state), inputs=[files, model, threshold, size, classes],
+                    outputs=[gallery, batch_table, batch_status], api_name="detect_batch", **model_queue)
+    classes.focus(bind(model_labels, state), inputs=[model], outputs=[classes], api_name=False)
 
     def pick(files, evt: gr.SelectData):
         """A gallery click makes that image the current one (for Queries and review)."""
@@ -68,10 +89,10 @@ def _detect_tab(model, threshold, size):
     return image, files, send
 
 
-def _queries_tab(image, files, model, threshold, size):
+def _queries_tab(state: AppState, image, files, model, threshold, size, model_queue: dict):
     key = gr.Textbox(visible=False, elem_id="queries-key")
     with gr.Row():
-        inspect = gr.Button("Inspect queries of the current image", variant="primary", elem_id="queries-button")
+        run = gr.Button("Inspect queries of the current image", variant="primary", elem_id="queries-button")
         query_status = gr.Markdown(elem_id="queries-status")
     with gr.Row():
         with gr.Column(scale=2):
@@ -98,42 +119,36 @@ def _queries_tab(image, files, model, threshold, size):
         plot_button = gr.Button("Plot slots", elem_id="slots-button")
         plot = gr.Plot(label="Box centres per slot", elem_id="slots-plot")
 
-    inspect.click(queries.run_queries, inputs=[image, model, size, threshold],
-                  outputs=[key, table, grid, layer, head, query_status], api_name="queries", **MODEL_QUEUE).then(
-        queries.query_attention, inputs=[key, query, layer, head, threshold], outputs=[overlay, grid, details],
-        api_name=False)
-    show = dict(fn=queries.query_attention, inputs=[key, query, layer, head, threshold],
-                outputs=[overlay, grid, details])
+    attention = bind(queries.query_attention, state)
+    run.click(bind(queries.run_queries, state), inputs=[image, model, size, threshold],
+              outputs=[key, table, grid, layer, head, query_status], api_name="queries", **model_queue).then(
+        attention, inputs=[key, query, layer, head, threshold], outputs=[overlay, grid, details], api_name=False)
+    show = dict(fn=attention, inputs=[key, query, layer, head, threshold], outputs=[overlay, grid, details])
     query.submit(**show, api_name="query_attention")
     layer.input(**show, api_name=False)
     head.input(**show, api_name=False)
-    grid.select(queries.grid_select, inputs=[key], outputs=[query], api_name=False).then(**show, api_name=False)
+    grid.select(bind(queries.grid_select, state), inputs=[key], outputs=[query], api_name=False).then(**show,
+                                                                                                 api_name=False)
     table.select(queries.table_select, outputs=[query], api_name=False).then(**show, api_name=False)
 
     def slot_plot(files, model_name, slots_text, size):
         """Fig. 7 over the multi-image upload, else over (up to 500 of) the review dataset's images."""
-        images = [getattr(f, "name", f) for f in files] if files else review.store().dataset.limit(500).values(
+        images = [getattr(f, "name", f) for f in files] if files else state.store.dataset.limit(500).values(
             "filepath")
-        return queries.slot_specialization(images, model_name, slots_text, size)
+        return queries.slot_specialization(state, images, model_name, slots_text, size)
 
     plot_button.click(slot_plot, inputs=[files, model, slots, size], outputs=[plot], api_name="slot_plot",
-                      **MODEL_QUEUE)
+                      **model_queue)
     return key, query, promote
 
 
-# Events that run a model share one concurrency group, so two of them never hold the model (and
-# its memory) at once: DETR_STUDIO_MODEL_CONCURRENCY of them run together (default 1).
-MODEL_QUEUE = {"concurrency_id": "model",
-               "concurrency_limit": int(os.environ.get("DETR_STUDIO_MODEL_CONCURRENCY", "1"))}
-
-
-def _with_labels(handler):
+def _with_labels(handler, state: AppState):
     """Wrap a handler whose first output is the editor value so the editor offers the dataset's labels."""
 
     @functools.wraps(handler)
     def wrapped(*args):
         value, *rest = handler(*args)
-        labels = review.store().labels
+        labels = state.store.labels
         editor = image_annotator(value=value, label_list=labels,
                                  label_colors=[class_color(i) for i in range(len(labels))])
         return (editor, *rest)
@@ -184,19 +199,20 @@ def _review_tab():
                 pr_plot=pr_plot, open_app=open_app, fiftyone_link=fiftyone_link)
 
 
-def _train_tab(model):
+def _train_tab(state: AppState, model, model_queue: dict):
     summary = gr.Markdown(elem_id="train-summary")
     with gr.Row():
-        epochs = gr.Slider(1, 200, value=FinetuneConfig.epochs, step=1,
+        epochs = gr.Slider(1, 200, value=train.DEFAULTS.train.epochs, step=1,
                            label="Epochs at most (early stopping on validation AP)")
-        trainable = gr.Dropdown(list(SUGGESTED_LR), value=FinetuneConfig.trainable, elem_id="train-trainable",
+        trainable = gr.Dropdown(list(SUGGESTED_LR), value=train.DEFAULTS.train.trainable, elem_id="train-trainable",
                                 label="What trains (heads: best with tens of images; all: with hundreds)")
-        lr = gr.Number(value=FinetuneConfig.lr, label="Learning rate (backbone: a tenth)", minimum=1e-6, maximum=1e-2)
-        hybrid = gr.Dropdown(list(HYBRID), value=FinetuneConfig.hybrid, elem_id="train-hybrid",
+        lr = gr.Number(value=train.DEFAULTS.train.lr, label="Learning rate (backbone: a tenth)", minimum=1e-6,
+                       maximum=1e-2)
+        hybrid = gr.Dropdown(list(HYBRID), value=train.DEFAULTS.hybrid.method, elem_id="train-hybrid",
                              label="One-to-many training (Co-DETR / H-DETR; no cost at inference)")
     with gr.Row():
         start = gr.Button("Fine-tune on reviewed data", variant="primary", elem_id="train-start",
-                          interactive=not public_space_without_login())
+                          interactive=not state.config.public_space_without_login)
         cancel = gr.Button("Cancel", elem_id="train-cancel")
     status = gr.Markdown(elem_id="train-status")
     plot = gr.Plot(label="Loss and validation AP")
@@ -212,80 +228,96 @@ def _train_tab(model):
         rollback = gr.Button("Roll back (to its parent)")
 
     def select_model(name):
-        return gr.update(choices=model_choices(), value=name)
+        return gr.update(choices=state.model_choices(), value=name)
 
-    refresh = dict(fn=lambda: (train.training_summary(), train.versions_table()), outputs=[summary, versions],
-                   api_name=False)
+    refresh = dict(fn=lambda: (train.training_summary(state), train.versions_table(state)),
+                   outputs=[summary, versions], api_name=False)
     trainable.change(SUGGESTED_LR.get, inputs=[trainable], outputs=[lr], api_name=False)
     hybrid.change(train.trainable_for_hybrid, inputs=[hybrid, trainable], outputs=[trainable], api_name=False)
     # On a GPU (or ZeroGPU) training and inference share the device, so the fine-tune joins the model
     # group; on CPU it would block detection for minutes, so it runs beside it.
-    shared = MODEL_QUEUE if torch.cuda.is_available() or train.spaces is not None else {}
-    start.click(needs_sign_in(train.start_finetune, training=True), inputs=[model, epochs, lr, trainable, hybrid],
-                outputs=[status, plot, table, new_version], api_name="finetune", **shared).then(**refresh)
-    cancel.click(needs_sign_in(train.cancel_finetune), outputs=[status], api_name="cancel_finetune")
+    shared = model_queue if torch.cuda.is_available() or train.spaces is not None else {}
+    start.click(needs_sign_in(bind(train.start_finetune, state), state.config, training=True),
+                inputs=[model, epochs, lr, trainable, hybrid], outputs=[status, plot, table, new_version],
+                api_name="finetune", **shared).then(**refresh)
+    cancel.click(needs_sign_in(bind(train.cancel_finetune, state), state.config), outputs=[status],
+                 api_name="cancel_finetune")
     use.click(select_model, inputs=[new_version], outputs=[model], api_name=False)
     def pick_version(evt: gr.SelectData):
         return evt.row_value[0]
 
     versions.select(pick_version, outputs=[picked], api_name=False)
     switch.click(select_model, inputs=[picked], outputs=[model], api_name=False)
-    rollback.click(lambda name: select_model(train.rollback_target(name)), inputs=[picked], outputs=[model],
+    rollback.click(lambda name: select_model(train.rollback_target(state, name)), inputs=[picked], outputs=[model],
                    api_name=False)
     return refresh
 
 
-def build_app() -> gr.Blocks:
-    """The whole app; `app.py` launches it, tests drive it through `gradio_client` or a browser."""
+def build_app(state: AppState) -> gr.Blocks:
+    """The whole app on ``state``; `app.py` launches it, tests drive it through `gradio_client` or a browser."""
+    config = state.config
+    # Events that run a model share one concurrency group, so two of them never hold the model (and
+    # its memory) at once: config.model_concurrency of them run together (default 1).
+    model_queue = {"concurrency_id": "model", "concurrency_limit": config.model_concurrency}
+
+    def writes(handler, name_argument=None):
+        """``handler`` bound to the state, refused to visitors who may not change data."""
+        return needs_sign_in(bind(handler, state), config, name_argument)
+
+    def editor(handler):
+        return _with_labels(bind(handler, state), state)
+
     with gr.Blocks(title="DETR Studio") as demo:
         gr.Markdown("# DETR Studio\nSee inside DETR-family detectors, review their output into FiftyOne.")
-        if on_space() and os.environ.get("OAUTH_CLIENT_ID"):  # hf_oauth: true; off Spaces it would break local runs
+        if config.on_space and config.oauth_client_id:  # hf_oauth: true; off Spaces it would break local runs
             gr.LoginButton()
         with gr.Row():
-            model = gr.Dropdown(choices=model_choices(), value=default_model(), label="Model", allow_custom_value=True,
+            model = gr.Dropdown(choices=state.model_choices(), value=config.model, label="Model",
+                                allow_custom_value=True,
                                 info="A hub id, a local save_pretrained directory, or 'bundled'.", scale=2)
             threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Score threshold", scale=1)
             size = gr.Slider(0, 1344, value=0, step=32, label="Processing size (shortest edge, px)", scale=1,
                              info="0 = the model's own (800 for DETR-R50, 224 for bundled); 512 is ~3x faster on CPU.")
         with gr.Tab("Detect"):
-            image, files, send = _detect_tab(model, threshold, size)
+            image, files, send = _detect_tab(state, model, threshold, size, model_queue)
         with gr.Tab("Queries"):
-            key, query, promote = _queries_tab(image, files, model, threshold, size)
+            key, query, promote = _queries_tab(state, image, files, model, threshold, size, model_queue)
         with gr.Tab("Review"):
             r = _review_tab()
         with gr.Tab("Train") as train_tab:
-            refresh_train = _train_tab(model)
+            refresh_train = _train_tab(state, model, model_queue)
         train_tab.select(**refresh_train)
         with gr.Tab("FiftyOne") as fiftyone_tab:
             fiftyone_links = gr.Markdown(elem_id="fiftyone-links")
             fiftyone_frame = gr.HTML(elem_id="fiftyone-frame")
-        fiftyone_tab.select(review.fiftyone_frame, outputs=[fiftyone_links, fiftyone_frame], api_name=False)
+        fiftyone_tab.select(bind(review.fiftyone_frame, state), outputs=[fiftyone_links, fiftyone_frame],
+                            api_name=False)
 
         loaded = [r["editor"], r["sample_id"], r["revision"], r["status"]]
-        counts = dict(fn=review.review_counts, outputs=[r["counts"]], api_name=False)
-        send.click(needs_sign_in(_with_labels(review.send_to_review)), inputs=[image, model, threshold, size],
-                   outputs=loaded, api_name="send_to_review", **MODEL_QUEUE).then(**counts)
-        promote.click(needs_sign_in(_with_labels(review.promote_query)),
+        counts = dict(fn=bind(review.review_counts, state), outputs=[r["counts"]], api_name=False)
+        send.click(needs_sign_in(editor(review.send_to_review), config), inputs=[image, model, threshold, size],
+                   outputs=loaded, api_name="send_to_review", **model_queue).then(**counts)
+        promote.click(needs_sign_in(editor(review.promote_query), config),
                       inputs=[key, query, r["sample_id"], r["editor"], threshold], outputs=loaded,
                       api_name="promote_query")
-        r["save"].click(needs_sign_in(_with_labels(review.save_review), "reviewer"),
+        r["save"].click(needs_sign_in(editor(review.save_review), config, "reviewer"),
                         inputs=[r["sample_id"], r["revision"], r["editor"], r["reviewer"], threshold],
                         outputs=loaded, api_name="save_review").then(**counts)
-        r["undo"].click(needs_sign_in(_with_labels(review.undo_review), "reviewer"),
+        r["undo"].click(needs_sign_in(editor(review.undo_review), config, "reviewer"),
                         inputs=[r["sample_id"], r["revision"], r["reviewer"], threshold], outputs=loaded,
                         api_name="undo_review")
-        r["next"].click(_with_labels(review.next_to_review), inputs=[r["sample_id"], threshold], outputs=loaded,
+        r["next"].click(editor(review.next_to_review), inputs=[r["sample_id"], threshold], outputs=loaded,
                         api_name="next_to_review").then(**counts)
-        r["import_folder"].click(needs_sign_in(review.import_folder), inputs=[r["folder"], model, threshold, size],
-                                 outputs=[r["io_status"]], api_name="import_folder", **MODEL_QUEUE)
-        r["import_coco"].click(needs_sign_in(review.import_coco),
+        r["import_folder"].click(writes(review.import_folder), inputs=[r["folder"], model, threshold, size],
+                                 outputs=[r["io_status"]], api_name="import_folder", **model_queue)
+        r["import_coco"].click(writes(review.import_coco),
                                inputs=[r["coco"], r["coco_images"], model, threshold, size],
-                               outputs=[r["io_status"]], api_name="import_coco", **MODEL_QUEUE)
-        r["export"].click(needs_sign_in(review.export_coco), inputs=[r["export_dir"]], outputs=[r["io_status"]],
+                               outputs=[r["io_status"]], api_name="import_coco", **model_queue)
+        r["export"].click(writes(review.export_coco), inputs=[r["export_dir"]], outputs=[r["io_status"]],
                           api_name="export_coco")
-        r["evaluate"].click(needs_sign_in(review.evaluate_reviewed),
+        r["evaluate"].click(writes(review.evaluate_reviewed),
                             outputs=[r["eval_summary"], r["per_class"], r["pr_plot"]], api_name="evaluate")
-        r["open_app"].click(review.open_fiftyone, outputs=[r["fiftyone_link"]], api_name="open_fiftyone")
+        r["open_app"].click(bind(review.open_fiftyone, state), outputs=[r["fiftyone_link"]], api_name="open_fiftyone")
     return demo
 
 
@@ -294,11 +326,11 @@ def launch_options(data_dir: Path) -> dict:
     return {"max_file_size": MAX_UPLOAD, "allowed_paths": [str(Path(data_dir) / "media"), str(EXAMPLES_DIR)]}
 
 
-def launch(demo: gr.Blocks, data_dir: Path, **options) -> gr.Blocks:
+def launch(demo: gr.Blocks, state: AppState, **options) -> gr.Blocks:
     """Launch ``demo`` without blocking and mount the FiftyOne App at ``/fiftyone`` of the same server
     (media confined to ``DATA/media``; read-only for visitors who may not change data)."""
     # A full queue answers "busy" at once instead of piling up work nobody will wait for.
-    demo.queue(max_size=int(os.environ.get("DETR_STUDIO_QUEUE_SIZE", "32")))
-    demo.launch(prevent_thread_lock=True, show_error=False, **launch_options(data_dir), **options)
-    mount_fiftyone(demo.app, [Path(data_dir) / "media"], may_change_data)
+    demo.queue(max_size=state.config.queue_size)
+    demo.launch(prevent_thread_lock=True, show_error=False, **launch_options(state.data_dir), **options)
+    mount_fiftyone(demo.app, [state.data_dir / "media"], functools.partial(may_change_data, state.config))
     return demo

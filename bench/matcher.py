@@ -25,6 +25,7 @@ from transformers.loss.loss_deformable_detr import DeformableDetrHungarianMatche
 from transformers.loss.loss_for_object_detection import HungarianMatcher as DetrHungarianMatcher  # noqa: E402
 
 from bench.timing import device_label, timed  # noqa: E402
+from core.family import FAMILIES
 from core.matcher import HungarianMatcher  # noqa: E402
 
 LAYERS, QUERIES, CLASSES = 6, 100, 91
@@ -43,12 +44,12 @@ def coco_like_targets(generator: torch.Generator, batch: int, device: torch.devi
 
 def run(kind: str, batch: int, repeats: int, device: torch.device) -> dict:
     generator = torch.Generator().manual_seed(batch)
-    columns = CLASSES + 1 if kind == "detr" else CLASSES
+    columns = CLASSES + FAMILIES[kind].class_columns_extra
     logits = (torch.randn(LAYERS, batch, QUERIES, columns, generator=generator) * 2).to(device)
     boxes = torch.cat([torch.rand(LAYERS, batch, QUERIES, 2, generator=generator) * 0.8 + 0.1,
                        torch.rand(LAYERS, batch, QUERIES, 2, generator=generator) * 0.4 + 0.01], -1).to(device)
     targets = coco_like_targets(generator, batch, device)
-    ours = HungarianMatcher.for_model(kind)
+    ours = HungarianMatcher.for_family(FAMILIES[kind])
     theirs = (DetrHungarianMatcher(class_cost=1, bbox_cost=5, giou_cost=2) if kind == "detr"
               else DeformableDetrHungarianMatcher(class_cost=2, bbox_cost=5, giou_cost=2))
 

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         marks.append(time.perf_counter())
 
     started = time.perf_counter()
-    train(ours_model, "detr", dataset, config, PreprocessConfig(shortest_edge=height, longest_edge=width),
+    train(ours_model, dataset, config, PreprocessConfig(shortest_edge=height, longest_edge=width),
           progress=report)
     ours_s = time.perf_counter() - started
     warm = min(2, steps - 1)  # drop the first steps (allocation, cudnn autotune) from the rate

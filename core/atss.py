@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from core.boxes import box_iou
+from core.boxes import box_iou, box_xyxy_centers
 
 CENTRE_MARGIN = 0.01  # px: a centre on the box edge is not inside (as the reference implementation)
 
@@ -48,10 +48,6 @@ def make_anchors(feature_sizes: Sequence[tuple[int, int]], strides: Sequence[int
     return torch.cat(anchors), torch.cat(levels)
 
 
-def _centres(boxes: torch.Tensor) -> torch.Tensor:
-    return (boxes[:, :2] + boxes[:, 2:]) / 2
-
-
 @torch.no_grad()
 def atss_assign(anchors: torch.Tensor, levels: torch.Tensor, gt_boxes: torch.Tensor, topk: int = 9
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +67,7 @@ def atss_assign(anchors: torch.Tensor, levels: torch.Tensor, gt_boxes: torch.Ten
     if num_gt == 0 or num_anchors == 0:
         return assigned, torch.zeros(num_anchors, device=anchors.device)
     iou, _ = box_iou(anchors, gt_boxes)  # [A, G]
-    distance = torch.cdist(_centres(anchors), _centres(gt_boxes))  # [A, G]
+    distance = torch.cdist(box_xyxy_centers(anchors), box_xyxy_centers(gt_boxes))  # [A, G]
     candidate = torch.zeros_like(iou, dtype=torch.bool)
     columns = torch.arange(num_gt, device=anchors.device)
     for level in levels.unique():
@@ -85,7 +81,7 @@ def atss_assign(anchors: torch.Tensor, levels: torch.Tensor, gt_boxes: torch.Ten
     # unbiased standard deviation over each box's candidates, as torch.std (the reference uses it)
     variance = (torch.where(candidate, iou - mean, torch.zeros_like(iou)) ** 2).sum(0) / (count - 1).clamp(min=1)
     threshold = mean + variance.sqrt()
-    centres = _centres(anchors)
+    centres = box_xyxy_centers(anchors)
     margin = torch.stack([centres[:, None, 0] - gt_boxes[None, :, 0], centres[:, None, 1] - gt_boxes[None, :, 1],
                           gt_boxes[None, :, 2] - centres[:, None, 0], gt_boxes[None, :, 3] - centres[:, None, 1]],
                          -1).amin(-1)  # [A, G]
@@ -149,14 +145,14 @@ class ATSSHead(nn.Module):
 def decode_boxes(anchors: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
     """Anchors ``[A, 4]`` xyxy and deltas ``[..., A, 4]`` -> boxes ``[..., A, 4]`` xyxy (px)."""
     size = anchors[:, 2:] - anchors[:, :2]
-    centre = (anchors[:, :2] + anchors[:, 2:]) / 2 + deltas[..., :2] * size
+    centre = box_xyxy_centers(anchors) + deltas[..., :2] * size
     half = size * deltas[..., 2:].clamp(max=math.log(1000 / 16)).exp() / 2  # mmdet's clamp against overflow
     return torch.cat([centre - half, centre + half], -1)
 
 
 def centerness_target(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """FCOS centerness of each anchor centre inside its box: ``sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b))``."""
-    centre = (anchors[:, :2] + anchors[:, 2:]) / 2
+    centre = box_xyxy_centers(anchors)
     left_top = centre - boxes[:, :2]
     right_bottom = boxes[:, 2:] - centre
     ratio = (torch.minimum(left_top, right_bottom).clamp(min=0)

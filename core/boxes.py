@@ -6,6 +6,8 @@ Formats (all ``[..., 4]``):
 - ``xyxy``: top-left x, y and bottom-right x, y (pixels at the boundaries, as supervision uses).
 - ``xywh``: top-left x, y, width, height in pixels (COCO annotations).
 - ``xywhn``: top-left x, y, width, height normalized to [0, 1] (FiftyOne detections).
+- ``cxcywhn``: ``cxcywh`` normalized to [0, 1] by the image size (DETR's boxes and training targets),
+  named so where a function converts between it and pixels.
 
 Every function works on torch tensors; the ``xywh``/``xywhn`` helpers also accept numpy arrays
 because COCO and FiftyOne hand us Python lists.
@@ -64,6 +66,33 @@ def box_xyxy_to_xywhn(boxes: ArrayOrTensor, width: float, height: float) -> Arra
     """Pixel ``[x0, y0, x1, y1]`` to FiftyOne's normalized ``[x, y, w, h]`` for an image of this size."""
     x0, y0, x1, y1 = (boxes[..., i] for i in range(4))
     return _stack([x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height], boxes)
+
+
+def box_cxcywhn_to_xyxy(boxes: ArrayOrTensor, width, height) -> ArrayOrTensor:
+    """Normalized centre/size boxes (DETR's output) to pixel corners for an image of this size.
+
+    ``width`` and ``height`` are numbers or anything that broadcasts against ``boxes[..., 0]``.
+    """
+    cx, cy, w, h = (boxes[..., i] for i in range(4))
+    return _stack([(cx - 0.5 * w) * width, (cy - 0.5 * h) * height, (cx + 0.5 * w) * width,
+                   (cy + 0.5 * h) * height], boxes)
+
+
+def box_xyxy_to_cxcywhn(boxes: ArrayOrTensor, width, height) -> ArrayOrTensor:
+    """Pixel corners to normalized centre/size boxes (the training-target format) for this image size."""
+    x0, y0, x1, y1 = (boxes[..., i] for i in range(4))
+    return _stack([(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height], boxes)
+
+
+def box_xyxy_centers(boxes: ArrayOrTensor) -> ArrayOrTensor:
+    """``[..., 4]`` corner boxes -> ``[..., 2]`` centres ``(x, y)``, same units."""
+    return (boxes[..., :2] + boxes[..., 2:]) / 2
+
+
+def box_cxcywhn_hflip(boxes: ArrayOrTensor) -> ArrayOrTensor:
+    """Normalized centre/size boxes of an image flipped left to right: ``cx -> 1 - cx``."""
+    cx, cy, w, h = (boxes[..., i] for i in range(4))
+    return _stack([1 - cx, cy, w, h], boxes)
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:

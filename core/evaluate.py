@@ -19,7 +19,10 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from collections.abc import Sequence
+
 import numpy as np
+import supervision as sv
 from transformers.utils import logging as transformers_logging
 
 from core.boxes import box_xyxy_to_xywh
@@ -129,6 +132,28 @@ def evaluate_model(detector: Detector, data: str | Path, shortest_edge: int | No
                           batch_size=batch_size)
         for image, out in zip(chunk, outputs):
             results.extend(to_coco_results(image["id"], out, category_by_label))
+    return coco_metrics(document, results)
+
+
+def evaluate_images(detector: Detector, images: Sequence, truths: Sequence[sv.Detections], labels: list[str],
+                    shortest_edge: int | None = None, batch_size: int = 8) -> Metrics:
+    """COCO AP of ``detector`` on ``images`` (paths or arrays) against ``truths`` (pixel boxes with
+    ``data["class_name"]``), with ``labels`` as the categories in this order (ids from 1)."""
+    if len(images) != len(truths):
+        raise ValueError(f"got {len(images)} images and {len(truths)} sets of boxes; give one per image.")
+    category = {name: i + 1 for i, name in enumerate(labels)}
+    document = {"images": [], "annotations": [],
+                "categories": [{"id": i, "name": name} for name, i in category.items()]}
+    results: list[dict] = []
+    outputs = predict(detector, list(images), shortest_edge=shortest_edge, batch_size=batch_size)
+    for image_id, (out, truth) in enumerate(zip(outputs, truths), 1):
+        width, height = out.image_size
+        document["images"].append({"id": image_id, "file_name": str(image_id), "width": width, "height": height})
+        for box, name in zip(box_xyxy_to_xywh(np.asarray(truth.xyxy, dtype=np.float64)), truth.data["class_name"]):
+            document["annotations"].append({"id": len(document["annotations"]) + 1, "image_id": image_id,
+                                            "category_id": category[str(name)], "bbox": [float(v) for v in box],
+                                            "iscrowd": 0, "area": float(box[2] * box[3])})
+        results.extend(to_coco_results(image_id, out, category))
     return coco_metrics(document, results)
 
 

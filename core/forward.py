@@ -10,11 +10,12 @@ the result equals ``model(pixel_values, pixel_mask)`` for both kinds.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from core.family import family_of
 
 
 @dataclass
@@ -49,7 +50,7 @@ def encode(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tenso
     memory = model.encoder(inputs_embeds=projected.flatten(2).transpose(1, 2), attention_mask=flat_mask,
                            spatial_position_embeddings=spatial).last_hidden_state
     height, width = feature_map.shape[-2:]
-    stride = 2 ** round(math.log2(pixel_values.shape[-1] / width))
+    stride = backbone_stride(model.config)
     image_sizes = torch.stack([pixel_mask.any(2).sum(1), pixel_mask.any(1).sum(1)], 1)
     return Encoded(memory, flat_mask, spatial, (int(height), int(width)), stride, image_sizes)
 
@@ -68,9 +69,10 @@ class AllDecoderLayers(nn.Module):
     the whole forward pass, the branch included.
     """
 
-    def __init__(self, detector: nn.Module, kind: str, hybrid: nn.Module | None = None):
+    def __init__(self, detector: nn.Module, hybrid: nn.Module | None = None):
         super().__init__()
-        self.detector, self.kind, self.hybrid = detector, kind, hybrid
+        self.detector, self.hybrid = detector, hybrid
+        self.family = family_of(detector)
 
     def decode(self, encoded: Encoded, content: torch.Tensor, position: torch.Tensor,
                reference: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +84,7 @@ class AllDecoderLayers(nn.Module):
         decoder = model.decoder
         hook = None
         if reference is not None:
-            if self.kind != "conditional_detr":
+            if not self.family.conditional_queries:
                 raise ValueError("reference points exist only in Conditional DETR.")
             # The decoder computes its reference points as sigmoid(ref_point_head(position)); this
             # pass replaces that head's output, so the queries are anchored where we say.
@@ -100,7 +102,7 @@ class AllDecoderLayers(nn.Module):
             hidden = outputs.last_hidden_state[None]
         logits = self.detector.class_labels_classifier(hidden)
         raw = self.detector.bbox_predictor(hidden)
-        if self.kind == "conditional_detr":
+        if self.family.conditional_queries:
             # Conditional DETR predicts box centres relative to each query's reference point.
             offset = _inverse_sigmoid(outputs.reference_points).transpose(0, 1)
             raw = torch.cat([raw[..., :2] + offset, raw[..., 2:]], dim=-1)
@@ -118,13 +120,19 @@ class AllDecoderLayers(nn.Module):
 
 
 
-def memory_stride(detector: nn.Module) -> int:
-    """Input pixels per encoder-memory cell of a transformers DETR / Conditional DETR (32 for a
-    ResNet-50's C5, 16 for the bundled model's three stages), measured by one small backbone pass."""
-    parameter = next(detector.parameters())
-    side = 256
-    pixels = torch.zeros(1, 3, side, side, device=parameter.device, dtype=parameter.dtype)
-    with torch.no_grad():
-        feature_map, _ = detector.model.backbone(pixels, torch.ones(1, side, side, device=parameter.device,
-                                                                    dtype=torch.long))[-1]
-    return 2 ** round(math.log2(side / feature_map.shape[-1]))
+def backbone_stride(config) -> int:
+    """Input pixels per backbone (and encoder-memory) cell of a transformers DETR-family config.
+
+    A ResNet halves its input in the stem conv and the max-pool (stride 4), then once per stage
+    after the first (and in the first too with ``downsample_in_first_stage``): 32 for a
+    ResNet-50's C5, 16 for the bundled model's three stages. Each halving rounds up, so an input
+    of ``H`` pixels gives ``ceil(H / stride)`` cells.
+    """
+    backbone = config.backbone_config
+    stages = int(str(backbone.out_features[-1]).removeprefix("stage"))
+    return 4 * 2 ** (stages - 1 + int(bool(getattr(backbone, "downsample_in_first_stage", False))))
+
+
+def feature_size(padded_hw: tuple[int, int], stride: int) -> tuple[int, int]:
+    """The backbone's output ``(h, w)`` for a padded input of ``padded_hw`` pixels."""
+    return -(-int(padded_hw[0]) // stride), -(-int(padded_hw[1]) // stride)

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from core.atss import ATSSHead, atss_assign, atss_loss, make_anchors
-from core.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
-from core.forward import Encoded
+from core.boxes import box_cxcywhn_to_xyxy, box_xyxy_centers, box_xyxy_to_cxcywhn
+from core.family import family_of
+from core.forward import Encoded, backbone_stride
 from core.losses import SetCriterion, repeat_targets
 from core.pyramid import SimplePyramid
 
@@ -42,7 +44,23 @@ ATSS_WEIGHTS = {"loss_atss_cls": 1.0, "loss_atss_giou": 2.0, "loss_atss_centerne
 Decode = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # AllDecoderLayers.decode
 
 
-def hybrid_setting_problem(hybrid: str, trainable: str) -> str | None:
+@dataclass
+class HybridConfig:
+    """Which one-to-many branch trains beside the model (`build_branch`), and its settings."""
+
+    method: str = field(default="off", metadata={"flag": "hybrid"})  # "off", "co-detr" or "h-detr"
+    anchor_scale: float = 8.0  # co-detr: anchor side in strides (ATSS: 8); 4 suits small objects such as the shapes
+    co_detr_lambda1: float = 1.0  # positive queries' loss weight; 0 leaves them out
+    co_detr_lambda2: float = 2.0  # ATSS head's loss weight (times the decoder layers); 0 leaves the head out
+    co_detr_strides: Sequence[int] = (8, 16, 32, 64, 128)  # pyramid levels, input pixels per cell
+    co_detr_max_queries: int = 300  # positive queries per image at most (at least 9)
+    co_detr_anchor_reference: bool = True  # Conditional DETR: anchor centre as the query's reference point
+    h_detr_queries: int = 5  # the one-to-many group, as a multiple of the model's queries
+    h_detr_repeats: int = 6  # each target repeated this often for the group's matching
+    h_detr_weight: float = 1.0
+
+
+def hybrid_setting_problem(hybrid: str, trainable: str, one_to_many: int = 0) -> str | None:
     """What is wrong with training ``hybrid`` while only ``trainable`` trains (`core.train.TRAINABLE`),
     as a message for the user; None when the pair can work. One rule for the loop, the fine-tune
     and the Train tab, each of which checks it before it starts."""
@@ -52,7 +70,33 @@ def hybrid_setting_problem(hybrid: str, trainable: str) -> str | None:
         return (f"hybrid={hybrid!r} supervises the decoder (Co-DETR's ATSS head also the encoder), which "
                 "trainable='heads' keeps frozen, so it has nothing to train; choose 'decoder', 'transformer' "
                 "or 'all' for what trains (or hybrid 'off').")
+    if hybrid != "off" and one_to_many > 1:
+        return "one_to_many (hybrid layers) and hybrid are two forms of one-to-many training; use one."
     return None
+
+
+def build_branch(model: nn.Module, num_classes: int, config: HybridConfig, trainable: str = "all",
+                 one_to_many: int = 0, seed: int = 0) -> nn.Module | None:
+    """The training-only branch ``config.method`` asks for (None for "off"), on the model's device,
+    for `core.train.train`'s ``branch``. Its initial weights depend only on ``seed``; the global
+    torch random stream is left as it was."""
+    if problem := hybrid_setting_problem(config.method, trainable, one_to_many):
+        raise ValueError(problem)
+    if config.method == "off":
+        return None
+    d_model, layers = model.config.d_model, model.config.decoder_layers
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if config.method == "co-detr":
+            branch = CoDetrBranch(d_model, num_classes, layers, backbone_stride(model.config), config.co_detr_strides,
+                                  config.anchor_scale, lambda1=config.co_detr_lambda1, lambda2=config.co_detr_lambda2,
+                                  max_queries=config.co_detr_max_queries,
+                                  anchor_reference=config.co_detr_anchor_reference
+                                  and family_of(model).conditional_queries)
+        else:
+            branch = HDetrBranch(d_model, config.h_detr_queries * model.config.num_queries, config.h_detr_repeats,
+                                 config.h_detr_weight)
+    return branch.to(next(model.parameters()).device)
 
 
 def sine_box_embedding(boxes: torch.Tensor, num_feats: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -106,7 +150,7 @@ class CoDetrBranch(nn.Module):
 
     Args:
         d_model: the detector's hidden size; num_classes: its real classes; num_layers: decoder layers.
-        base_stride: input pixels per encoder-memory cell (`core.forward.memory_stride`).
+        base_stride: input pixels per encoder-memory cell (`core.forward.backbone_stride`).
         strides: pyramid levels; anchor_scale: anchor side in strides (ATSS: 8); topk: ATSS candidates per level.
         lambda1: weight of the positive queries' loss (0: no positive queries).
         lambda2: weight of the ATSS head's loss, which is also multiplied by ``num_layers`` (0: no head).
@@ -149,8 +193,8 @@ class CoDetrBranch(nn.Module):
             rows = torch.arange(len(positive), device=positive.device)
             matches.append((rows, assigned[b][positive]))
         index = torch.stack(chosen)  # [B, N]
-        scale = sizes.flip(1).repeat(1, 2).to(anchors)  # (w, h, w, h) per image
-        normalized = (box_xyxy_to_cxcywh(anchors[index]) / scale[:, None]).clamp(0, 1)
+        heights, widths = sizes.to(anchors).unbind(1)
+        normalized = box_xyxy_to_cxcywhn(anchors[index], widths[:, None], heights[:, None]).clamp(0, 1)
         flat = torch.cat([f.flatten(2).transpose(1, 2) for f in features], 1)  # [B, A, d], anchors' order
         gathered = flat.gather(1, index[..., None].expand(-1, -1, flat.shape[-1]))
         return normalized, gathered, matches
@@ -158,17 +202,17 @@ class CoDetrBranch(nn.Module):
     def forward(self, encoded: Encoded, targets: list[dict[str, torch.Tensor]], decode: Decode) -> dict:
         if encoded.stride != self.pyramid.base_stride:
             raise ValueError(f"the branch was built for memory at stride {self.pyramid.base_stride}, this model's is "
-                             f"{encoded.stride}; build it with core.forward.memory_stride(model).")
+                             f"{encoded.stride}; build it with core.hybrid.build_branch(model, ...).")
         features = self.pyramid(encoded.memory_map())
         device = encoded.memory.device
         anchors, levels = make_anchors([f.shape[-2:] for f in features], self.strides, self.anchor_scale, device)
-        centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+        centres = box_xyxy_centers(anchors)
         sizes = encoded.image_sizes  # [B, 2] (h, w)
         valid = (centres[None, :, 0] < sizes[:, None, 1]) & (centres[None, :, 1] < sizes[:, None, 0])  # not in padding
         pixel_targets, assigned = [], []
         for b, target in enumerate(targets):
-            scale = sizes[b].flip(0).repeat(2).to(target["boxes"])
-            boxes = box_cxcywh_to_xyxy(target["boxes"]) * scale
+            height, width = sizes[b].to(target["boxes"])
+            boxes = box_cxcywhn_to_xyxy(target["boxes"], width, height)
             image_assigned, _ = atss_assign(anchors, levels, boxes.float(), self.topk)
             image_assigned[~valid[b]] = -1
             pixel_targets.append({"class_labels": target["class_labels"], "boxes_xyxy": boxes})

@@ -24,7 +24,9 @@ import supervision as sv
 import torch
 import torch.nn.functional as F
 
-from core.boxes import box_cxcywh_to_xyxy, clip_boxes_xyxy
+from core.boxes import box_cxcywhn_to_xyxy, clip_boxes_xyxy
+from core.family import ModelFamily
+from core.forward import backbone_stride, feature_size
 from core.images import ImageSource, load_image
 from core.loading import Detector
 from core.preprocess import preprocess
@@ -107,9 +109,10 @@ class QueryOutputs:
         return resized[0, 0].numpy()
 
 
-def _class_probs(logits: torch.Tensor, scoring: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _class_probs(logits: torch.Tensor, family: ModelFamily) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor]:
     """``logits [B, N, K]`` -> (probs, top score [B, N], top class [B, N], no-object [B, N])."""
-    if scoring == "softmax":
+    if family.no_object:
         probs = logits.softmax(-1)
         scores, label_ids = probs[..., :-1].max(-1)
         return probs, scores, label_ids, probs[..., -1]
@@ -143,8 +146,8 @@ def _run_batch(
             output_attentions=bool(attention_layers),
         )
     logits = outputs.logits.float()
-    probs, scores, label_ids, no_object = _class_probs(logits, detector.scoring)
-    boxes = box_cxcywh_to_xyxy(outputs.pred_boxes.float())
+    probs, scores, label_ids, no_object = _class_probs(logits, detector.family)
+    boxes = outputs.pred_boxes.float()  # [B, N, 4] normalized cxcywh
 
     attention: dict[int, torch.Tensor] = {}
     valid: list[tuple[int, int]] = []
@@ -155,7 +158,7 @@ def _run_batch(
                 "the model returned no cross-attention; load it with attn_implementation='eager'."
             )
         num_layers = len(cross)
-        feature_hw = _feature_size(batch.pixel_values.shape[-2:], cross[0].shape[-1])
+        feature_hw = feature_size(batch.pixel_values.shape[-2:], backbone_stride(model.config))
         valid = _valid_feature_size(batch.pixel_mask, feature_hw)
         for layer in attention_layers:
             if not -num_layers <= layer < num_layers:
@@ -165,8 +168,7 @@ def _run_batch(
 
     results = []
     for i, (height, width) in enumerate(batch.original_sizes):
-        scale = torch.tensor([width, height, width, height], device=boxes.device)
-        pixel_boxes = clip_boxes_xyxy(boxes[i] * scale, width, height)
+        pixel_boxes = clip_boxes_xyxy(box_cxcywhn_to_xyxy(boxes[i], width, height), width, height)
         maps = {layer: att[i, :, :, : valid[i][0], : valid[i][1]].cpu().numpy() for layer, att in attention.items()}
         results.append(
             QueryOutputs(
@@ -181,21 +183,6 @@ def _run_batch(
             )
         )
     return results
-
-
-def _feature_size(padded_hw: torch.Size, flat: int) -> tuple[int, int]:
-    """The backbone's output ``(h, w)`` for a padded input, found from the attention length.
-
-    A ResNet halves (rounding up) once in its stem conv, once in its max-pool and once per stage
-    after the first: five times for the usual 4-stage backbone (stride 32), four for the bundled
-    model's 3 stages (stride 16). The stride is the one whose map has ``flat`` positions.
-    """
-    height, width = int(padded_hw[0]), int(padded_hw[1])
-    for _ in range(7):
-        height, width = (height + 1) // 2, (width + 1) // 2
-        if height * width == flat:
-            return height, width
-    raise ValueError(f"cross-attention length {flat} matches no backbone stride for a {tuple(padded_hw)} input.")
 
 
 def predict(

@@ -13,30 +13,23 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    ConditionalDetrConfig,
-    ConditionalDetrForObjectDetection,
-    DetrConfig,
-    DetrForObjectDetection,
-    PreTrainedModel,
-)
+from transformers import PreTrainedModel
+
+from core.family import FAMILIES, ModelFamily
 
 logger = logging.getLogger(__name__)
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_NAME = "bundled"
 BUNDLED_DIR = ASSETS_DIR / "bundled"
-
-# model_type in config.json -> (config class, model class, "softmax" or "sigmoid" class scores)
-ARCHITECTURES: dict[str, tuple[type, type[PreTrainedModel], str]] = {
-    "detr": (DetrConfig, DetrForObjectDetection, "softmax"),
-    "conditional_detr": (ConditionalDetrConfig, ConditionalDetrForObjectDetection, "sigmoid"),
-}
+VERSION_PREFIX = "version:"  # a fine-tuned version in a registry, e.g. version:v0003
+MAX_NAME_LENGTH = 1000
 
 # timm ResNet name -> (transformers ResNet layer_type, depths, hidden_sizes)
 TIMM_RESNETS: dict[str, tuple[str, list[int], list[int]]] = {
@@ -80,14 +73,12 @@ class Detector:
     """A loaded model with everything inference needs.
 
     ``labels[i]`` is the name of class id ``i``; the model's extra "no object" logit (DETR) is not
-    in the list. ``scoring`` is ``"softmax"`` (DETR: classes + no-object sum to 1) or
-    ``"sigmoid"`` (Conditional DETR: an independent probability per class).
+    in the list. ``family`` says how its class scores are read (`core.family`).
     """
 
     model: PreTrainedModel
     labels: list[str]
-    kind: str
-    scoring: str
+    family: ModelFamily
     name: str
     source: Path
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -95,6 +86,11 @@ class Detector:
     # bf16 autocast on CPU too (on CUDA it is always on): ~1.8x faster on CPUs with AVX512-BF16 or
     # AMX (bench/detect_cpu.py), scores then differ from fp32 by up to ~1e-2. Off by default.
     cpu_bf16: bool = False
+
+    @property
+    def kind(self) -> str:
+        """The family's name (config.json's ``model_type``)."""
+        return self.family.name
 
     @property
     def device(self) -> torch.device:
@@ -249,9 +245,23 @@ def _fetch_from_hub(repo_id: str) -> Path:
         ) from None
 
 
-def resolve_model_dir(name: str | Path) -> Path:
-    """Turn a model name (bundled, a directory, a hub id) into a local directory."""
+VersionDir = Callable[[str], Path]  # "version:vNNNN" -> its directory; raises ModelLoadError
+
+
+def resolve_model_dir(name: str | Path, version_dir: VersionDir | None = None) -> Path:
+    """Turn a model name into a local directory: ``bundled``, ``version:vNNNN`` (looked up with
+    ``version_dir``, which a model registry provides), a directory, or a hub id."""
     name_str = str(name)
+    if len(name_str) > MAX_NAME_LENGTH:
+        raise ModelLoadError(f"A model name of {len(name_str)} characters is too long; give a hub id, a folder "
+                             f"or '{BUNDLED_NAME}'.")
+    if "\x00" in name_str:
+        raise ModelLoadError("The model name contains a NUL character; give a hub id, a folder or 'bundled'.")
+    if name_str.startswith(VERSION_PREFIX):
+        if version_dir is None:
+            raise ModelLoadError(f"{name_str} names a fine-tuned version, but no model registry (data directory) "
+                                 "is in use here; pass its folder instead.")
+        return version_dir(name_str)
     if name_str == BUNDLED_NAME:
         if not (BUNDLED_DIR / "config.json").is_file():
             raise ModelLoadError(
@@ -279,11 +289,13 @@ def load_detector(
     name: str | Path,
     device: str | torch.device | None = None,
     attn_implementation: str = "eager",
+    version_dir: VersionDir | None = None,
 ) -> Detector:
     """Load a DETR or Conditional DETR detector by name.
 
     Args:
-        name: a hub id, a ``save_pretrained`` directory, or ``"bundled"``.
+        name: a hub id, a ``save_pretrained`` directory, ``"bundled"``, or ``"version:vNNNN"``
+            (a fine-tuned version, found with ``version_dir``, e.g. ``Registry.version_dir``).
         device: where to put the model; CUDA when available by default.
         attn_implementation: ``"eager"`` (default) returns the decoder cross-attention maps the
             Queries view needs; ``"sdpa"`` is faster but returns no attention weights.
@@ -298,27 +310,27 @@ def load_detector(
         detector = load_detector("facebook/detr-resnet-50", device="cpu")
         detector.labels[1], detector.num_queries  # ('person', 100)
     """
-    directory = resolve_model_dir(name)
+    directory = resolve_model_dir(name, version_dir)
     where = f"The model '{name}'" + (f" ({directory})" if str(directory) != str(name) else "")
     try:
         raw_config = json.loads((directory / "config.json").read_text())
     except json.JSONDecodeError as error:
         raise ModelLoadError(f"{where} has a config.json that is not valid JSON ({error}).") from None
     model_type = raw_config.get("model_type")
-    if model_type not in ARCHITECTURES:
+    if model_type not in FAMILIES:
         raise ModelLoadError(
-            f"{where} is a '{model_type}' model; DETR Studio loads {' and '.join(ARCHITECTURES)} checkpoints."
+            f"{where} is a '{model_type}' model; DETR Studio loads {' and '.join(FAMILIES)} checkpoints."
         )
     _check_weights(directory, where)
-    config_class, model_class, scoring = ARCHITECTURES[model_type]
+    family = FAMILIES[model_type]
     raw_config, converted = native_backbone_config(raw_config, where)
     try:
-        config = config_class.from_dict(raw_config)
+        config = family.config_class.from_dict(raw_config)
     except (TypeError, ValueError, KeyError) as error:
         raise ModelLoadError(f"{where} has a config.json transformers cannot read ({error}).") from None
 
     try:
-        model, info = model_class.from_pretrained(
+        model, info = family.model_class.from_pretrained(
             directory,
             config=config,
             key_mapping=timm_key_mapping() if converted else None,
@@ -343,22 +355,22 @@ def load_detector(
     return Detector(
         model=model,
         labels=_labels_from_config(config, where),
-        kind=model_type,
-        scoring=scoring,
+        family=family,
         name=str(name),
         source=directory,
         preprocess=_preprocess_config(directory),
     )
 
 
-def load_detector_or_bundled(name: str | Path, device: str | torch.device | None = None) -> Detector:
+def load_detector_or_bundled(name: str | Path, device: str | torch.device | None = None,
+                             version_dir: VersionDir | None = None) -> Detector:
     """`load_detector`, falling back to the bundled model when a hub id cannot be fetched.
 
     Only an unreachable hub triggers the fallback; a broken local checkpoint is still an error.
     The returned detector's ``note`` says why the fallback happened, for the UI and the CLI.
     """
     try:
-        return load_detector(name, device)
+        return load_detector(name, device, version_dir=version_dir)
     except HubUnreachableError as error:
         if str(name) == BUNDLED_NAME or not (BUNDLED_DIR / "config.json").is_file():
             raise

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.boxes import box_cxcywh_to_xyxy, paired_generalized_box_iou
+from core.family import DETR, ModelFamily
 from core.matcher import HungarianMatcher, Matches
 
 
@@ -93,9 +94,9 @@ class SetCriterion(nn.Module):
 
     Args:
         num_classes: number of real classes C.
-        matcher: the matcher; `HungarianMatcher.for_model(kind)` by default.
-        class_loss: ``"softmax"`` (DETR: cross-entropy over C + 1, no-object weighted ``eos_coef``)
-            or ``"focal"`` (Conditional DETR: sigmoid focal loss over C, no no-object column).
+        matcher: the matcher; DETR's by default.
+        no_object: cross-entropy over C + 1 with the no-object class weighted ``eos_coef`` (DETR),
+            or the sigmoid focal loss over C with no no-object column (Conditional DETR).
         class_weight, bbox_weight, giou_weight: loss weights (DETR 1/5/2; the Conditional DETR paper
             uses 2/5/2, transformers' built-in loss 1/5/2).
         one_to_many: H-DETR's hybrid layer scheme: if > 1, the first ``one_to_many_layers``
@@ -108,7 +109,7 @@ class SetCriterion(nn.Module):
         self,
         num_classes: int,
         matcher: HungarianMatcher | None = None,
-        class_loss: str = "softmax",
+        no_object: bool = True,
         eos_coef: float = 0.1,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
@@ -119,11 +120,9 @@ class SetCriterion(nn.Module):
         one_to_many_layers: int = 0,
     ):
         super().__init__()
-        if class_loss not in ("softmax", "focal"):
-            raise ValueError(f"class_loss must be 'softmax' or 'focal', got {class_loss!r}.")
         self.num_classes = num_classes
-        self.matcher = matcher or HungarianMatcher.for_model("detr" if class_loss == "softmax" else "conditional_detr")
-        self.class_loss, self.eos_coef = class_loss, eos_coef
+        self.matcher = matcher or HungarianMatcher.for_family(DETR)
+        self.no_object, self.eos_coef = no_object, eos_coef
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.weights = {"loss_ce": class_weight, "loss_bbox": bbox_weight, "loss_giou": giou_weight}
         self.one_to_many, self.one_to_many_layers = one_to_many, one_to_many_layers
@@ -136,7 +135,7 @@ class SetCriterion(nn.Module):
         target_classes = torch.full((batch, queries), self.num_classes, dtype=torch.int64, device=logits.device)
         for b, (rows, cols) in enumerate(matches):
             target_classes[b, rows.to(logits.device)] = targets[b]["class_labels"][cols.to(logits.device)]
-        if self.class_loss == "softmax":
+        if self.no_object:
             return F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(logits.dtype))
         onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
         return sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma).sum() / num_boxes
@@ -209,14 +208,13 @@ class SetCriterion(nn.Module):
                             [num_matched] * num_layers, prefix)
 
 
-def criterion_for(kind: str, num_classes: int, **overrides) -> SetCriterion:
-    """The published loss of a model kind: DETR (CE, eos 0.1, 1/5/2) or Conditional DETR (focal, 2/5/2)."""
-    if kind == "detr":
-        return SetCriterion(num_classes, HungarianMatcher.for_model("detr"), "softmax", **overrides)
-    if kind == "conditional_detr":
-        defaults = {"class_weight": 2.0, **overrides}
-        return SetCriterion(num_classes, HungarianMatcher.for_model("conditional_detr"), "focal", **defaults)
-    raise ValueError(f"no loss for model kind {kind!r}; expected 'detr' or 'conditional_detr'.")
+def criterion_for(family: ModelFamily, num_classes: int, **overrides) -> SetCriterion:
+    """The published loss of a model family (`core.family`): DETR (CE, eos 0.1, 1/5/2) or
+    Conditional DETR (focal, 2/5/2); ``overrides`` set any other `SetCriterion` argument."""
+    settings = dict(no_object=family.no_object, eos_coef=family.eos_coef, focal_alpha=family.focal_alpha,
+                    focal_gamma=family.focal_gamma, class_weight=family.class_weight, bbox_weight=family.bbox_weight,
+                    giou_weight=family.giou_weight)
+    return SetCriterion(num_classes, HungarianMatcher.for_family(family), **{**settings, **overrides})
 
 
 def stack_decoder_outputs(outputs) -> tuple[torch.Tensor, torch.Tensor]:

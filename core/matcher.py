@@ -18,6 +18,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from core.boxes import box_cxcywh_to_xyxy, paired_generalized_box_iou
+from core.family import ModelFamily
 
 Matches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -28,14 +29,14 @@ class HungarianMatcher(nn.Module):
     cost = class_weight * class_cost + bbox_weight * L1(cxcywh) + giou_weight * (-GIoU)
 
     Class cost:
-        ``"softmax"`` (DETR): ``-p[target class]`` (the NLL approximated by ``1 - p``; the 1 does
-        not change the matching).
-        ``"focal"`` (Conditional / Deformable DETR): the focal-loss difference
+        with a no-object column (DETR, softmax scores): ``-p[target class]`` (the NLL approximated
+        by ``1 - p``; the 1 does not change the matching).
+        without (Conditional / Deformable DETR, sigmoid scores): the focal-loss difference
         ``alpha (1-p)^gamma (-log p) - (1-alpha) p^gamma (-log(1-p))`` at the target class.
 
     Args:
         class_weight, bbox_weight, giou_weight: the cost weights (DETR 1/5/2, Conditional DETR 2/5/2).
-        class_cost: ``"softmax"`` or ``"focal"``.
+        no_object: softmax class scores with a no-object column (DETR) or sigmoid ones (focal cost).
         focal_alpha, focal_gamma: the focal cost's parameters.
     """
 
@@ -44,29 +45,24 @@ class HungarianMatcher(nn.Module):
         class_weight: float = 1.0,
         bbox_weight: float = 5.0,
         giou_weight: float = 2.0,
-        class_cost: str = "softmax",
+        no_object: bool = True,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
     ):
         super().__init__()
-        if class_cost not in ("softmax", "focal"):
-            raise ValueError(f"class_cost must be 'softmax' or 'focal', got {class_cost!r}.")
         if class_weight == 0 and bbox_weight == 0 and giou_weight == 0:
             raise ValueError("at least one matching cost weight must be non-zero.")
         self.class_weight, self.bbox_weight, self.giou_weight = class_weight, bbox_weight, giou_weight
-        self.class_cost, self.focal_alpha, self.focal_gamma = class_cost, focal_alpha, focal_gamma
+        self.no_object, self.focal_alpha, self.focal_gamma = no_object, focal_alpha, focal_gamma
 
     @classmethod
-    def for_model(cls, kind: str) -> HungarianMatcher:
-        """The published matcher of ``"detr"`` (1/5/2, softmax) or ``"conditional_detr"`` (2/5/2, focal)."""
-        if kind == "detr":
-            return cls(1.0, 5.0, 2.0, "softmax")
-        if kind == "conditional_detr":
-            return cls(2.0, 5.0, 2.0, "focal")
-        raise ValueError(f"no matcher for model kind {kind!r}; expected 'detr' or 'conditional_detr'.")
+    def for_family(cls, family: ModelFamily) -> HungarianMatcher:
+        """The published matcher of a model family (`core.family`): DETR 1/5/2 softmax, Conditional DETR 2/5/2 focal."""
+        return cls(family.class_weight, family.bbox_weight, family.giou_weight, family.no_object,
+                   family.focal_alpha, family.focal_gamma)
 
     def _class_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.softmax(-1) if self.class_cost == "softmax" else logits.sigmoid()
+        return logits.softmax(-1) if self.no_object else logits.sigmoid()
 
     def pair_cost(self, prob: torch.Tensor, boxes: torch.Tensor, target_boxes: torch.Tensor, dim: int = -1
                   ) -> torch.Tensor:
@@ -77,7 +73,7 @@ class HungarianMatcher(nn.Module):
             boxes, target_boxes: normalized cxcywh with the 4 coordinates along ``dim`` (``[..., 4]``,
                 or ``[4, ...]`` planes with ``dim=0``, which are several times faster on CPU).
         """
-        if self.class_cost == "softmax":
+        if self.no_object:
             class_cost = -prob
         else:
             alpha, gamma = self.focal_alpha, self.focal_gamma
@@ -124,7 +120,7 @@ class HungarianMatcher(nn.Module):
         labels = torch.cat([t["class_labels"] for t in targets]).to(device)
         target_boxes = torch.cat([t["boxes"] for t in targets]).to(device=device, dtype=torch.float32)
         image = torch.from_numpy(np.repeat(np.arange(batch), sizes)).to(device)  # [S]
-        if self.class_cost == "softmax":  # the softmax needs whole rows; the sigmoid only the target's logit
+        if self.no_object:  # the softmax needs whole rows; the sigmoid only the target's logit
             prob = logits.float().softmax(-1)[:, image, :, labels]  # [S, L, Q]
         else:
             prob = logits[:, image, :, labels].float().sigmoid()

@@ -20,12 +20,14 @@ import logging
 import os
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 from transformers.utils import logging as transformers_logging
 
 from core.annotate import annotate
+from core.flags import add_flags, from_flags
 from core.images import ImageError, load_image
 from core.inference import QueryOutputs, predict
 from core.loading import ModelLoadError, load_detector_or_bundled
@@ -89,21 +91,29 @@ def _write_atomic(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+@dataclass
+class PredictOptions:
+    """How `main` runs: the model, the threshold and size, where the results go."""
+
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "hub id, save_pretrained directory, or 'bundled' "
+                       "(the bundled model stands in when the hub cannot be reached)"})
+    threshold: float = field(default=0.7, metadata={"help": "minimum score of a detection"})
+    size: int | None = field(default=None, metadata={"help": "shortest edge the image is resized to (none: the "
+                             "model's, 800 for DETR-R50)"})
+    out: Path = field(default=Path("predictions"), metadata={"help": "output directory"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (none: cuda when available)"})
+    batch_size: int = field(default=4, metadata={"help": "images per forward pass"})
+    cpu_bf16: bool = field(default=False, metadata={"help": "on CPU, run under bf16 autocast (~1.8x faster with "
+                           "AVX512-BF16/AMX; scores move ~1e-2)"})
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m core.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files to run the detector on")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="hub id, save_pretrained directory, or 'bundled' (default: %(default)s; "
-                             "the bundled model stands in when the hub cannot be reached)")
-    parser.add_argument("--threshold", type=float, default=0.7, help="minimum score of a detection (default: 0.7)")
-    parser.add_argument("--size", type=int, default=None,
-                        help="shortest edge the image is resized to (default: the model's, 800 for DETR-R50)")
-    parser.add_argument("--out", type=Path, default=Path("predictions"), help="output directory (default: predictions)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
-    parser.add_argument("--cpu-bf16", action="store_true",
-                        help="on CPU, run under bf16 autocast (~1.8x faster with AVX512-BF16/AMX; scores move ~1e-2)")
-    return parser.parse_args(argv)
+    add_flags(parser, PredictOptions)
+    namespace = parser.parse_args(argv)
+    options = from_flags(PredictOptions, namespace)
+    return argparse.Namespace(images=namespace.images, **vars(options))
 
 
 def _validate(args: argparse.Namespace) -> None:

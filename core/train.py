@@ -1,12 +1,13 @@
 """The training loop: one readable loop for CPU, one GPU, or several processes under Accelerate.
 
-    result = train(model, kind, dataset, TrainConfig(epochs=10), progress=print)
+    result = train(model, dataset, TrainConfig(epochs=10), progress=print)
 
 - AdamW with a lower backbone learning rate, weight decay, gradient clipping; the whole model or
   only part of it trains (``trainable``: all, transformer, decoder, heads); bf16 autocast
   (through Accelerate), channels-last and fused AdamW on CUDA; fp32 on CPU.
-- ``hybrid``: Co-DETR's or H-DETR's one-to-many branch (`core.hybrid`) beside the model, trained
-  with it, kept in checkpoints, never part of the model: what is saved is the plain detector.
+- ``branch``: Co-DETR's or H-DETR's one-to-many branch (`core.hybrid.build_branch`) beside the
+  model, trained with it, kept in checkpoints, never part of the model: what is saved is the
+  plain detector.
 - A non-finite loss skips the step; ``max_nonfinite`` in a row stop training with the step named.
 - ``progress`` gets a `Progress` every ``log_every`` steps; ``cancel`` (a `threading.Event`) is
   checked before every step.
@@ -32,9 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.forward import AllDecoderLayers, memory_stride
-from core.hybrid import CoDetrBranch, HDetrBranch, hybrid_setting_problem
+from core.boxes import box_cxcywhn_hflip
 from core.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from core.family import family_of
+from core.forward import AllDecoderLayers
 from core.loading import PreprocessConfig
 from core.losses import criterion_for, validate_targets
 from core.preprocess import preprocess
@@ -57,31 +59,26 @@ class TrainConfig:
     warmup_steps: int = 0
     trainable: str = "all"  # "all", "transformer" (backbone frozen), "decoder" (and heads), "heads" (class + box)
     freeze_stem: bool = True  # DETR's choice for a pretrained ResNet: stem and first stage stay fixed
-    shortest_edge: int = 800
-    longest_edge: int = 1333
+    shortest_edge: int | None = None  # None: the model's own (its preprocessing config's)
+    longest_edge: int | None = None  # None: scaled with shortest_edge as the model's own pair
     scale_jitter: Sequence[float] = ()  # e.g. (0.75, 0.875, 1.0): per-batch factors on shortest_edge
     hflip: float = 0.0  # probability of a horizontal flip per image
     one_to_many: int = 0  # H-DETR hybrid layers: repeat targets this often for early layers (0 = off)
     one_to_many_layers: int = 0
-    # Hybrid-assignment training branches (core.hybrid), dropped when training ends: "off",
-    # "co-detr" (ATSS head + customized positive queries) or "h-detr" (a one-to-many query group).
-    hybrid: str = "off"
-    co_detr_lambda1: float = 1.0  # positive queries' loss weight; 0 leaves them out
-    co_detr_lambda2: float = 2.0  # ATSS head's loss weight (times the decoder layers); 0 leaves the head out
-    co_detr_strides: Sequence[int] = (8, 16, 32, 64, 128)  # pyramid levels, input pixels per cell
-    co_detr_anchor_scale: float = 8.0  # anchor side in strides; smaller for small objects
-    co_detr_max_queries: int = 300  # positive queries per image at most (at least 9)
-    co_detr_anchor_reference: bool = True  # Conditional DETR: anchor centre as the query's reference point
-    h_detr_queries: int = 5  # the one-to-many group, as a multiple of the model's queries
-    h_detr_repeats: int = 6  # each target repeated this often for the group's matching
-    h_detr_weight: float = 1.0
-    class_weight: float | None = None  # None: the model kind's default (DETR 1, Conditional DETR 2)
+    class_weight: float | None = None  # None: the model family's (DETR 1, Conditional DETR 2)
     seed: int = 0
-    log_every: int = 10
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 0  # steps; 0 = only at the end
-    resume: bool = True
-    max_nonfinite: int = 3
+    # How a run reports and keeps itself, set by the program that runs it (not command-line flags).
+    log_every: int = field(default=10, metadata={"flag": False})
+    checkpoint_dir: str | None = field(default=None, metadata={"flag": False})
+    checkpoint_every: int = field(default=0, metadata={"flag": False})  # steps; 0 = only at the end
+    resume: bool = field(default=True, metadata={"flag": False})
+    max_nonfinite: int = field(default=3, metadata={"flag": False})
+
+    def sizes(self, preprocess: PreprocessConfig) -> tuple[int, int]:
+        """``(shortest, longest)`` edge to train at: the settings, else the model's own pair."""
+        short = self.shortest_edge or preprocess.shortest_edge
+        long = self.longest_edge or max(short, round(short * preprocess.longest_edge / preprocess.shortest_edge))
+        return short, long
 
 
 @dataclass
@@ -119,31 +116,19 @@ TRAINABLE = {
 }
 
 
-def hybrid_branch(model: nn.Module, kind: str, num_classes: int, config: TrainConfig) -> nn.Module | None:
-    """The training-only branch ``config.hybrid`` asks for (None for "off"), on the model's device."""
-    if problem := hybrid_setting_problem(config.hybrid, config.trainable):
-        raise ValueError(problem)
-    if config.hybrid == "off":
-        return None
-    if config.one_to_many > 1:
-        raise ValueError("one_to_many (hybrid layers) and hybrid are two forms of one-to-many training; use one.")
-    d_model, layers = model.config.d_model, model.config.decoder_layers
-    if config.hybrid == "co-detr":
-        branch = CoDetrBranch(d_model, num_classes, layers, memory_stride(model), config.co_detr_strides,
-                              config.co_detr_anchor_scale, lambda1=config.co_detr_lambda1,
-                              lambda2=config.co_detr_lambda2, max_queries=config.co_detr_max_queries,
-                              anchor_reference=config.co_detr_anchor_reference and kind == "conditional_detr")
-    else:
-        branch = HDetrBranch(d_model, config.h_detr_queries * model.config.num_queries, config.h_detr_repeats,
-                             config.h_detr_weight)
-    return branch.to(next(model.parameters()).device)
+def trainable_problem(trainable: str) -> str | None:
+    """What is wrong with a ``trainable`` value, as a message for the user; None when it is one of
+    `TRAINABLE`. One rule for the loop, the fine-tune and the Train tab."""
+    if trainable not in TRAINABLE:
+        return f"trainable (what trains) must be one of {', '.join(TRAINABLE)}; got {trainable!r}."
+    return None
 
 
 def _parameter_groups(model: nn.Module, config: TrainConfig, extra: nn.Module | None = None) -> list[dict]:
     """AdamW groups; sets ``requires_grad`` from ``config.trainable`` and ``freeze_stem``. ``extra``
     (a hybrid branch) trains whole, at the main learning rate."""
-    if config.trainable not in TRAINABLE:
-        raise ValueError(f"trainable must be one of {', '.join(TRAINABLE)}; got {config.trainable!r}.")
+    if problem := trainable_problem(config.trainable):
+        raise ValueError(problem)
     backbone, rest = [], [*(extra.parameters() if extra is not None else [])]
     for name, parameter in model.named_parameters():
         stem = ".backbone." in f".{name}" and (".embedder." in name or ".stages.0." in name)
@@ -181,18 +166,18 @@ def epoch_batches(size: int, epoch: int, config: TrainConfig, rank: int, world: 
     return [mine[i : i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
 
 
-def _augment(images: list[np.ndarray], targets: list[dict], config: TrainConfig, rng: np.random.Generator):
+def _augment(images: list[np.ndarray], targets: list[dict], config: TrainConfig, sizes: tuple[int, int],
+             rng: np.random.Generator):
     if config.hflip > 0:
         for i in range(len(images)):
             if rng.random() < config.hflip:
                 images[i] = images[i][:, ::-1].copy()
-                boxes = targets[i]["boxes"].clone()
-                boxes[:, 0] = 1 - boxes[:, 0]
-                targets[i] = {**targets[i], "boxes": boxes}
-    short = config.shortest_edge
+                targets[i] = {**targets[i], "boxes": box_cxcywhn_hflip(targets[i]["boxes"])}
+    base_short, base_long = sizes
+    short = base_short
     if config.scale_jitter:
-        short = max(32, int(round(config.shortest_edge * float(rng.choice(config.scale_jitter)) / 32) * 32))
-    long = round(short * config.longest_edge / config.shortest_edge)
+        short = max(32, int(round(base_short * float(rng.choice(config.scale_jitter)) / 32) * 32))
+    long = round(short * base_long / base_short)
     return images, targets, short, long
 
 
@@ -203,11 +188,11 @@ def _final_losses(losses: dict[str, torch.Tensor]) -> dict[str, float]:
 
 def train(
     model: nn.Module,
-    kind: str,
     dataset: torch.utils.data.Dataset,
     config: TrainConfig,
     preprocess_config: PreprocessConfig | None = None,
     labels: list[str] | None = None,
+    branch: nn.Module | None = None,
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
     epoch_end: Callable[[int], bool] | None = None,
@@ -215,6 +200,8 @@ def train(
     clock: Callable[[], float] = time.monotonic,
 ) -> TrainResult:
     """Train ``model`` (a transformers DETR or Conditional DETR) in place. See the module docstring.
+
+    ``branch`` (from `core.hybrid.build_branch`) trains beside the model and is checkpointed with it.
 
     ``epoch_end(epoch)`` runs after each complete epoch (e.g. validation); returning True stops
     training there with status ``"stopped_early"``. With ``budget_s`` (e.g. a ZeroGPU call's
@@ -236,11 +223,15 @@ def train(
     model.train()
     if cuda:
         model.to(memory_format=torch.channels_last)
-    criterion = criterion_for(kind, len(labels), one_to_many=config.one_to_many,
+    family = family_of(model)
+    if branch is not None and config.one_to_many > 1:
+        raise ValueError("one_to_many (hybrid layers) and a hybrid branch are two forms of one-to-many training; "
+                         "use one.")
+    criterion = criterion_for(family, len(labels), one_to_many=config.one_to_many,
                               one_to_many_layers=config.one_to_many_layers,
                               **({"class_weight": config.class_weight} if config.class_weight is not None else {}))
-    branch = hybrid_branch(model, kind, len(labels), config)
-    network = AllDecoderLayers(model, kind, branch)
+    sizes = config.sizes(preprocess_config)
+    network = AllDecoderLayers(model, branch)
     optimizer = torch.optim.AdamW(_parameter_groups(model, config, branch), weight_decay=config.weight_decay,
                                   **({"fused": True} if cuda else {}))
     steps_per_epoch = len(epoch_batches(len(dataset), 0, config, accelerator.process_index, accelerator.num_processes))
@@ -262,7 +253,7 @@ def train(
         if last_good:
             result.last_losses = _final_losses(last_good)
         if config.checkpoint_dir and accelerator.is_main_process:
-            state = {"step": step, "epoch": epoch, "labels": labels, "kind": kind, "train_config": asdict(config),
+            state = {"step": step, "epoch": epoch, "labels": labels, "kind": family.name, "train_config": asdict(config),
                      "last_losses": result.last_losses}
             result.checkpoint = save_checkpoint(config.checkpoint_dir, model, optimizer, scheduler, state, branch)
         accelerator.wait_for_everyone()
@@ -284,7 +275,7 @@ def train(
             validate_targets(targets, len(labels), where=f"training samples {indices}")
             # Augmentation draws depend only on (seed, step, rank): a resumed run repeats the uninterrupted one.
             rng = np.random.default_rng([config.seed, step, accelerator.process_index])
-            images, targets, short, long = _augment(images, targets, config, rng)
+            images, targets, short, long = _augment(images, targets, config, sizes, rng)
             batch = preprocess(images, preprocess_config, device, short, long)
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
             pixel_values = batch.pixel_values.contiguous(memory_format=torch.channels_last) if cuda else batch.pixel_values

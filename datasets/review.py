@@ -30,7 +30,6 @@ import hashlib
 import io
 import os
 import threading
-import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,113 +38,13 @@ import numpy as np
 import supervision as sv
 from PIL import Image
 
-from core.boxes import box_xywhn_to_xyxy, box_xyxy_to_xywhn
+from datasets.database import check_local_database, default_data_dir
+from datasets.labels import ReviewError, StaleRevisionError, check_boxes, clean_label, from_fiftyone, to_fiftyone
 
 SCHEMA_VERSION = 1
 REVIEWED_TAG = "reviewed"
 STATUS_TO_REVIEW, STATUS_IMPORTED, STATUS_REVIEWED = "to_review", "imported", "reviewed"
-MAX_LABEL_LENGTH = 64
 DEFAULT_DATASET = "detr-studio-review"
-
-
-class ReviewError(ValueError):
-    """Input the store refuses (bad box, bad label, unknown sample); nothing was written."""
-
-
-class StaleRevisionError(ReviewError):
-    """A save made against an older revision than the stored one; nothing was overwritten."""
-
-
-def default_data_dir() -> Path:
-    """``DETR_STUDIO_DATA`` if set, else ``/data/detr-studio`` when ``/data`` exists (Spaces), else ``~/.detr-studio``."""
-    if os.environ.get("DETR_STUDIO_DATA"):
-        return Path(os.environ["DETR_STUDIO_DATA"]).expanduser()
-    if Path("/data").is_dir() and os.access("/data", os.W_OK):
-        return Path("/data/detr-studio")
-    return Path.home() / ".detr-studio"
-
-
-def configure_fiftyone(data_dir: Path) -> str:
-    """Point FiftyOne at its database; call before anything imports fiftyone. Returns where it is.
-
-    ``FIFTYONE_DATABASE_URI`` (an external MongoDB, for several reviewers) wins; otherwise FiftyOne
-    runs its own MongoDB with files under ``data_dir/fiftyone-db``. FiftyOne reads its settings
-    from the environment when first imported, so they are set there.
-    """
-    import sys
-
-    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")  # MongoDB 6.0's version nag only
-    if os.environ.get("FIFTYONE_DATABASE_URI"):
-        where = f"MongoDB at {os.environ['FIFTYONE_DATABASE_URI'].split('@')[-1]}"
-    else:
-        database_dir = Path(data_dir) / "fiftyone-db"
-        database_dir.mkdir(parents=True, exist_ok=True)
-        os.environ["FIFTYONE_DATABASE_DIR"] = str(database_dir)
-        where = f"FiftyOne's MongoDB in {database_dir}"
-    if "fiftyone" in sys.modules:
-        import fiftyone as fo
-
-        if not os.environ.get("FIFTYONE_DATABASE_URI") and fo.config.database_dir != os.environ["FIFTYONE_DATABASE_DIR"]:
-            raise RuntimeError("fiftyone was imported before configure_fiftyone(); call it first.")
-    return where
-
-
-def configure_for_dataset(name: str, data_dir: Path | None) -> Path:
-    """For command lines: configure FiftyOne for ``data_dir`` (default: the app's) and check that the
-    dataset ``name`` exists. Returns the data directory; raises `ReviewError` naming the known ones."""
-    data_dir = (data_dir or default_data_dir()).expanduser()
-    configure_fiftyone(data_dir)
-    import fiftyone as fo
-
-    if not fo.dataset_exists(name):
-        raise ReviewError(f"no FiftyOne dataset {name!r}; known: {', '.join(fo.list_datasets()) or 'none'}")
-    return data_dir
-
-
-def _check_local_database() -> None:
-    """Refuse to run on another directory's database.
-
-    FiftyOne's own MongoDB service is shared by all FiftyOne processes of a user: when one is
-    already running (a notebook, the FiftyOne App), a new process attaches to it whatever its
-    ``database_dir`` says. Reviews would then land somewhere the user did not choose.
-    """
-    import fiftyone as fo
-    from fiftyone.core.odm import database
-
-    if fo.config.database_uri:
-        return
-    database.get_db_conn()  # connects, starting or attaching to the service
-    child = getattr(getattr(database, "_db_service", None), "child", None)  # FiftyOne internals, read only
-    try:
-        command = child.cmdline() if child is not None else []
-    except Exception:  # the process vanished or cannot be inspected: nothing to compare
-        return
-    if "--dbpath" not in command:
-        return
-    actual = Path(command[command.index("--dbpath") + 1]).resolve()
-    if actual != Path(fo.config.database_dir).resolve():
-        raise ReviewError(
-            f"FiftyOne attached to a database already running in {actual} (process {child.pid}), not the one "
-            f"in {fo.config.database_dir}: FiftyOne runs one local database per user. Close the other FiftyOne "
-            "session, or run a MongoDB server and set FIFTYONE_DATABASE_URI."
-        )
-
-
-def clean_label(name: object) -> str:
-    """A class name as stored: trimmed text, 1-64 characters, no control characters.
-
-    HTML is allowed as text (the app shows labels as text, never as markup).
-    """
-    if not isinstance(name, str):
-        raise ReviewError(f"a label must be text, got {type(name).__name__}.")
-    text = " ".join(name.split())
-    if not text:
-        raise ReviewError("a box has an empty label; choose or type a class name.")
-    if len(text) > MAX_LABEL_LENGTH:
-        raise ReviewError(f"label {text[:20]!r}... is longer than {MAX_LABEL_LENGTH} characters.")
-    if any(unicodedata.category(ch).startswith("C") for ch in text):
-        raise ReviewError(f"label {text!r} contains control characters.")
-    return text
 
 
 def pixel_hash(image: np.ndarray) -> str:
@@ -160,66 +59,6 @@ def _rgb(image: Image.Image | np.ndarray) -> np.ndarray:
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ReviewError(f"expected an RGB uint8 image, got an array of shape {array.shape} and type {array.dtype}.")
     return array
-
-
-def check_boxes(detections: sv.Detections, width: int, height: int) -> sv.Detections:
-    """Validated pixel boxes: finite, positive size, inside the image (clipped by at most 1 px)."""
-    xyxy = np.asarray(detections.xyxy, dtype=np.float64).reshape(-1, 4)
-    names = detections.data.get("class_name", np.array([], dtype=str))
-    if len(names) != len(xyxy):
-        raise ReviewError("every box needs a label (data['class_name']).")
-    for i, (box, name) in enumerate(zip(xyxy, names)):
-        where = f"box {i + 1} ({name!s:.20})"
-        if not np.all(np.isfinite(box)):
-            raise ReviewError(f"{where} has a non-numeric coordinate.")
-        x0, y0, x1, y1 = box
-        if x1 - x0 <= 0 or y1 - y0 <= 0:
-            raise ReviewError(f"{where} has zero or negative size ({x0:.0f},{y0:.0f})-({x1:.0f},{y1:.0f}); "
-                              "drag it out to a real box or delete it.")
-        if x0 < -1 or y0 < -1 or x1 > width + 1 or y1 > height + 1:
-            raise ReviewError(f"{where} lies outside the {width}x{height} image; move it inside.")
-    labels = [clean_label(name) for name in names]
-    clipped = np.clip(xyxy, 0, [width, height, width, height])
-    data = {**detections.data, "class_name": np.array(labels, dtype=object)}
-    return sv.Detections(xyxy=clipped.astype(np.float32), confidence=detections.confidence,
-                         class_id=detections.class_id, data=data)
-
-
-def to_fiftyone(detections: sv.Detections, width: int, height: int, model_version: str | None = None):
-    """`sv.Detections` in pixels -> ``fo.Detections`` (normalized top-left boxes)."""
-    import fiftyone as fo
-
-    boxes = box_xyxy_to_xywhn(np.asarray(detections.xyxy, dtype=np.float64).reshape(-1, 4), width, height)
-    names = detections.data.get("class_name", [])
-    queries = detections.data.get("query_index")
-    items = []
-    for i, (box, name) in enumerate(zip(boxes, names)):
-        attributes = {}
-        if detections.confidence is not None:
-            attributes["confidence"] = float(detections.confidence[i])
-        if queries is not None and int(queries[i]) >= 0:
-            attributes["query_index"] = int(queries[i])
-        if model_version is not None:
-            attributes["model_version"] = model_version
-        items.append(fo.Detection(label=str(name), bounding_box=[float(v) for v in box], **attributes))
-    return fo.Detections(detections=items)
-
-
-def from_fiftyone(labels, width: int, height: int, classes: list[str]) -> sv.Detections:
-    """``fo.Detections`` (or None) -> `sv.Detections` in pixels, ``class_id`` indexing ``classes``."""
-    items = labels.detections if labels is not None else []
-    if not items:
-        return sv.Detections.empty()
-    boxes = box_xywhn_to_xyxy(np.array([d.bounding_box for d in items], dtype=np.float64), width, height)
-    confidence = [d.confidence if d.confidence is not None else 1.0 for d in items]
-    return sv.Detections(
-        xyxy=boxes.astype(np.float32),
-        confidence=np.array(confidence, dtype=np.float32),
-        class_id=np.array([classes.index(d.label) if d.label in classes else -1 for d in items], dtype=int),
-        data={"class_name": np.array([d.label for d in items], dtype=object),
-              "query_index": np.array([d["query_index"] if d.has_field("query_index") and d["query_index"] is not None
-                                       else -1 for d in items], dtype=int)},
-    )
 
 
 def _review_record(status: str, reviewer: object, revision: int):
@@ -238,6 +77,35 @@ def _serialized(method):
             return method(self, *args, **kwargs)
 
     return locked
+
+
+@dataclass
+class ReviewedSample:
+    """A reviewed sample as training and evaluation need it: the image and its truth in pixels."""
+
+    sample_id: str
+    filepath: str
+    width: int
+    height: int
+    truth: sv.Detections  # xyxy pixels, names in data["class_name"]
+
+
+def reviewed_samples(view) -> list[ReviewedSample]:
+    """The samples of ``view`` (any FiftyOne dataset or view) tagged ``reviewed``, with their
+    ``ground_truth``. Raises `ReviewError` when the dataset has no ``ground_truth`` field."""
+    name = view.dataset_name if hasattr(view, "dataset_name") else view.name
+    if "ground_truth" not in view.get_field_schema():
+        raise ReviewError(f"dataset {name!r} has no 'ground_truth' field; review some images first.")
+    samples = []
+    for sample in view.match_tags(REVIEWED_TAG).select_fields(["ground_truth", "metadata"]):
+        if sample.metadata is None or not sample.metadata.width:
+            sample.compute_metadata()
+        width, height = sample.metadata.width, sample.metadata.height
+        truth = from_fiftyone(sample.ground_truth, width, height, [])
+        if "class_name" not in truth.data:  # no boxes: still a sample (it teaches "nothing here")
+            truth = sv.Detections(xyxy=np.zeros((0, 4), np.float32), data={"class_name": np.array([], dtype=object)})
+        samples.append(ReviewedSample(str(sample.id), sample.filepath, width, height, truth))
+    return samples
 
 
 @dataclass
@@ -282,7 +150,7 @@ class ReviewStore:
 
         if not name or not name.strip():
             raise ReviewError("the review dataset needs a name.")
-        _check_local_database()
+        check_local_database()
         data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         if fo.dataset_exists(name):
             dataset = fo.load_dataset(name)

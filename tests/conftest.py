@@ -29,7 +29,7 @@ _mongod: subprocess.Popen | None = None
 import torch  # noqa: E402
 from transformers import ConditionalDetrConfig, DetrConfig, ResNetConfig  # noqa: E402
 
-from core.loading import ARCHITECTURES  # noqa: E402
+from core.family import FAMILIES  # noqa: E402
 
 LABELS = ["circle", "square", "triangle"]
 
@@ -89,7 +89,7 @@ def tiny_model(kind: str = "detr", seed: int = 0, **config_overrides):
     config = tiny_config(kind)
     for name, value in config_overrides.items():
         setattr(config, name, value)
-    return ARCHITECTURES[kind][1](config)
+    return FAMILIES[kind].model_class(config)
 
 
 def save_tiny_model(directory: Path, kind: str = "detr", seed: int = 0, return_model: bool = False,
@@ -131,15 +131,32 @@ def tiny_model_dir(request, tiny_detr_dir, tiny_conditional_dir) -> Path:
 
 
 @pytest.fixture
-def review_store(tmp_path):
-    """A fresh review dataset in the throwaway database, set as the app's store; deleted afterwards."""
-    from app import review
+def state(tmp_path):
+    """A fresh app state: its own data directory, review dataset name, model and query caches."""
+    from app.config import AppConfig
+    from app.state import AppState
+
+    state = AppState(AppConfig(dataset=f"test-{uuid.uuid4().hex[:10]}"), tmp_path / "data")
+    yield state
+    if state._store is not None:
+        state._store.dataset.delete()
+
+
+def state_with(state, **settings):
+    """Another app state on ``state``'s data directory and review dataset, with some settings changed
+    (a Space's ``space_id``, ``trainers``, ``queue_size``...), as a differently configured server."""
+    import dataclasses
+
+    from app.state import AppState
+
+    return AppState(dataclasses.replace(state.config, **settings), state.data_dir)
+
+
+@pytest.fixture
+def review_store(state):
+    """The state's review dataset in the throwaway database (deleted afterwards)."""
     from datasets.review import ReviewStore
 
-    name = f"test-{uuid.uuid4().hex[:10]}"
-    review.configure(name, tmp_path / "data")
-    store = review.store()
+    store = state.store
     assert isinstance(store, ReviewStore)
-    yield store
-    store.dataset.delete()
-    review.configure(None, None)
+    return store

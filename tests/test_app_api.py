@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import state_with
 from core.loading import ASSETS_DIR
 
 SHAPES = ASSETS_DIR / "examples" / "shapes-701.png"
@@ -14,14 +15,18 @@ API_NAMES = ["/detect", "/detect_batch", "/queries", "/query_attention", "/slot_
              "/export_coco", "/evaluate", "/open_fiftyone"]
 
 
-@pytest.fixture
-def client(review_store, tiny_detr_dir, monkeypatch):
-    from gradio_client import Client
-
+def serve(state, **options):
+    """Launch the app on ``state`` as app.py does, on a free port."""
     from app.ui import build_app, launch
 
-    monkeypatch.setenv("DETR_STUDIO_MODEL", str(tiny_detr_dir))
-    demo = launch(build_app(), review_store.media_dir.parent, server_name="127.0.0.1", server_port=None, quiet=True)
+    return launch(build_app(state), state, server_name="127.0.0.1", server_port=None, quiet=True, **options)
+
+
+@pytest.fixture
+def client(state, review_store, tiny_detr_dir):
+    from gradio_client import Client
+
+    demo = serve(state_with(state, model=str(tiny_detr_dir)))
     yield Client(demo.local_url, verbose=False)
     demo.close()
 
@@ -77,13 +82,15 @@ def test_gradio_serves_only_what_the_app_needs(client):
         assert status(private) == 403, private
 
 
-def test_on_a_space_visitors_detect_but_cannot_change_data(client, review_store, tiny_detr_dir, monkeypatch):
+def test_on_a_space_visitors_detect_but_cannot_change_data(client, state, review_store, tiny_detr_dir):
     """Hidden buttons are not access control: the API itself refuses writes from a visitor."""
-    from gradio_client import handle_file
+    from gradio_client import Client, handle_file
 
     model, image = str(tiny_detr_dir), handle_file(str(SHAPES))
     editor, sample_id, revision, status = client.predict(image, model, 0.5, 256, api_name="/send_to_review")
-    monkeypatch.setenv("SPACE_ID", "someone/detr-studio")  # a Space; this visitor has not signed in
+    # The same data served as a Space; this visitor has not signed in.
+    space = serve(state_with(state, model=model, space_id="someone/detr-studio"))
+    client = Client(space.local_url, verbose=False)
     annotated, table, status = client.predict(image, model, 0.5, 256, [], api_name="/detect")
     assert "queries" in status or table is not None  # detection still works
     value = {"image": handle_file(str(SHAPES)), "boxes": [{"xmin": 1, "ymin": 1, "xmax": 9, "ymax": 9, "label": "x"}]}
@@ -92,58 +99,55 @@ def test_on_a_space_visitors_detect_but_cannot_change_data(client, review_store,
                ("/import_folder", ("/tmp", model, 0.5, 256)),
                ("/export_coco", ("/tmp/out",)),
                ("/finetune", ("bundled", 1, 1e-3, "heads"))]
-    for api_name, args in refused:
-        with pytest.raises(Exception, match="Sign in with your Hugging Face account"):
-            client.predict(*args, api_name=api_name)
+    try:
+        for api_name, args in refused:
+            with pytest.raises(Exception, match="Sign in with your Hugging Face account"):
+                client.predict(*args, api_name=api_name)
+    finally:
+        space.close()
     assert len(review_store.dataset) == 1 and review_store.get(sample_id).revision == 0  # nothing changed
 
 
-def test_a_full_queue_answers_busy(review_store, monkeypatch):
+def test_a_full_queue_answers_busy(state, review_store):
     """With room for one waiting event, a third fine-tune request is refused at once, not piled up."""
     import time
 
     from gradio_client import Client
 
-    from app import train
-    from app.ui import build_app, launch
     from training.star_check import build_review_dataset
 
     build_review_dataset(review_store, 10)
-    monkeypatch.setenv("DETR_STUDIO_MODEL", "bundled")
-    monkeypatch.setenv("DETR_STUDIO_QUEUE_SIZE", "1")
-    demo = launch(build_app(), review_store.media_dir.parent, server_name="127.0.0.1", server_port=None, quiet=True)
+    busy = state_with(state, model="bundled", queue_size=1)
+    demo = serve(busy)
     try:
         client = Client(demo.local_url, verbose=False)
         running = client.submit("bundled", 200, 1e-3, "heads", api_name="/finetune")  # runs for minutes
         deadline = time.time() + 60
-        while train._job is None and time.time() < deadline:
+        while busy.job.current is None and time.time() < deadline:
             time.sleep(0.2)
         waiting = client.submit("bundled", 1, 1e-3, "heads", api_name="/finetune")  # the one waiting place
         time.sleep(1.0)
         with pytest.raises(Exception, match="(?i)queue is full"):
             client.predict("bundled", 1, 1e-3, "heads", api_name="/finetune")
     finally:
-        if train._job is not None:
-            train._job.cancel.set()
+        busy.job.cancel()
         for job in (running, waiting):
             job.cancel()
         deadline = time.time() + 60
-        while train._job is not None and time.time() < deadline:  # the worker stops within a step
+        while busy.job.current is not None and time.time() < deadline:  # the worker stops within a step
             time.sleep(0.2)
         demo.close()
-    assert train._job is None
+    assert busy.job.current is None
 
 
-def test_a_password_protected_team_server_names_the_signed_in_reviewer(review_store, tiny_detr_dir, monkeypatch):
-    """`--auth USER:PASSWORD`: the user may change data (even where SPACE_ID is set) and is the reviewer."""
+def test_a_password_protected_team_server_names_the_signed_in_reviewer(state, review_store, tiny_detr_dir):
+    """`--auth USER:PASSWORD`: the user may change data (even where SPACE_ID is set) and is the reviewer;
+    with an allow-list of trainers (DETR_STUDIO_TRAINERS) only those may fine-tune."""
     from gradio_client import Client, handle_file
 
-    from app.ui import build_app, launch
-
-    monkeypatch.setenv("DETR_STUDIO_MODEL", str(tiny_detr_dir))
-    monkeypatch.setenv("SPACE_ID", "someone/detr-studio")
-    demo = launch(build_app(), review_store.media_dir.parent, server_name="127.0.0.1", server_port=None, quiet=True,
-                  auth=("ana", "secret"))
+    team = state_with(state, model=str(tiny_detr_dir), space_id="someone/detr-studio", auth="ana:secret",
+                      trainers=("bob", "carol"))
+    demo = serve(team, auth=team.config.login_credentials)
     try:
         client = Client(demo.local_url, verbose=False, auth=("ana", "secret"))
         image = handle_file(str(SHAPES))
@@ -152,7 +156,6 @@ def test_a_password_protected_team_server_names_the_signed_in_reviewer(review_st
         value = {"image": image, "boxes": [{"xmin": 10, "ymin": 12, "xmax": 60, "ymax": 70, "label": "circle"}]}
         client.predict(sample_id, revision, value, "somebody else", 0.5, api_name="/save_review")
         assert review_store.get(sample_id).reviewer == "ana"
-        monkeypatch.setenv("DETR_STUDIO_TRAINERS", "bob, carol")  # an allow-list for fine-tuning
         with pytest.raises(Exception, match="limited to bob, carol; you are signed in as ana"):
             client.predict("bundled", 1, 1e-3, "heads", api_name="/finetune")
     finally:

@@ -7,19 +7,13 @@ import numpy as np
 import pytest
 from skimage import data
 
-import app.models
 from app.detect import detect
 from conftest import LABELS
 
 
-@pytest.fixture(autouse=True)
-def fresh_model_cache(monkeypatch):
-    monkeypatch.setattr(app.models, "_cache", {})
-
-
-def test_detect_returns_picture_rows_and_status(tiny_detr_dir):
+def test_detect_returns_picture_rows_and_status(state, tiny_detr_dir):
     image = data.astronaut()
-    annotated, rows, status = detect(image, str(tiny_detr_dir), 0.6, 320)
+    annotated, rows, status = detect(state, image, str(tiny_detr_dir), 0.6, 320)
     assert annotated.shape == image.shape and annotated.dtype == np.uint8
     assert not np.array_equal(annotated, image) or not rows  # boxes were drawn when there are detections
     assert rows, "the high-gain tiny model has queries above 0.6"
@@ -31,10 +25,10 @@ def test_detect_returns_picture_rows_and_status(tiny_detr_dir):
     assert f"{len(rows)} detections of 12 queries" in status and " s " in status
 
 
-def test_higher_threshold_gives_fewer_rows(tiny_detr_dir):
+def test_higher_threshold_gives_fewer_rows(state, tiny_detr_dir):
     image = data.coffee()
-    _, low, _ = detect(image, str(tiny_detr_dir), 0.3, 320)
-    _, high, _ = detect(image, str(tiny_detr_dir), 0.95, 320)
+    _, low, _ = detect(state, image, str(tiny_detr_dir), 0.3, 320)
+    _, high, _ = detect(state, image, str(tiny_detr_dir), 0.95, 320)
     assert len(high) < len(low)
     assert {row[0] for row in high} <= {row[0] for row in low}
 
@@ -48,20 +42,20 @@ def test_higher_threshold_gives_fewer_rows(tiny_detr_dir):
         ("IMAGE", "/no/such/dir", 0.5, "neither a local directory"),
     ],
 )
-def test_errors_are_shown_not_raised_as_tracebacks(tiny_detr_dir, image, model, threshold, message):
+def test_errors_are_shown_not_raised_as_tracebacks(state, tiny_detr_dir, image, model, threshold, message):
     image = data.camera() if isinstance(image, str) else image
     with pytest.raises(gr.Error, match=message):
-        detect(image, model or str(tiny_detr_dir), threshold, 320)
+        detect(state, image, model or str(tiny_detr_dir), threshold, 320)
 
 
-def test_model_is_loaded_once(tiny_detr_dir):
-    detect(data.camera(), str(tiny_detr_dir), 0.5, 256)
-    first = app.models._cache[str(tiny_detr_dir)]
-    detect(data.camera(), str(tiny_detr_dir), 0.5, 256)
-    assert app.models._cache[str(tiny_detr_dir)] is first
+def test_model_is_loaded_once(state, tiny_detr_dir):
+    detect(state, data.camera(), str(tiny_detr_dir), 0.5, 256)
+    first = state.models.get(str(tiny_detr_dir))
+    detect(state, data.camera(), str(tiny_detr_dir), 0.5, 256)
+    assert state.models.get(str(tiny_detr_dir)) is first
 
 
-def test_detect_api_through_gradio_client(tmp_path, tiny_detr_dir):
+def test_detect_api_through_gradio_client(state, tmp_path, tiny_detr_dir):
     """The launched app answers `detect` by its stable API name, as a gradio_client user calls it."""
     from gradio_client import Client, handle_file
     from PIL import Image
@@ -70,7 +64,7 @@ def test_detect_api_through_gradio_client(tmp_path, tiny_detr_dir):
 
     path = tmp_path / "astronaut.png"
     Image.fromarray(data.astronaut()).save(path)
-    demo = build_app()
+    demo = build_app(state)
     demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)
@@ -85,32 +79,32 @@ def test_detect_api_through_gradio_client(tmp_path, tiny_detr_dir):
         demo.close()
 
 
-def test_offline_hub_model_falls_back_to_bundled_with_a_note(monkeypatch, tmp_path, tiny_detr_dir):
+def test_offline_hub_model_falls_back_to_bundled_with_a_note(state, monkeypatch, tmp_path, tiny_detr_dir):
     import core.loading
 
     monkeypatch.setattr(core.loading, "BUNDLED_DIR", tiny_detr_dir)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
-    _, rows, status = detect(data.camera(), "facebook/detr-resnet-50", 0.5, 256)
+    _, rows, status = detect(state, data.camera(), "facebook/detr-resnet-50", 0.5, 256)
     assert status.startswith("**Note:**") and "facebook/detr-resnet-50" in status and "bundled" in status
     assert "model `bundled`" in status
 
 
-def test_size_zero_means_the_models_own(tiny_detr_dir):
-    _, _, status = detect(data.camera(), str(tiny_detr_dir), 0.5, 0)
+def test_size_zero_means_the_models_own(state, tiny_detr_dir):
+    _, _, status = detect(state, data.camera(), str(tiny_detr_dir), 0.5, 0)
     assert "shortest edge 800 px" in status  # the tiny model keeps DETR's default
-    _, _, status = detect(data.camera(), str(tiny_detr_dir), 0.5, 256)
+    _, _, status = detect(state, data.camera(), str(tiny_detr_dir), 0.5, 256)
     assert "shortest edge 256 px" in status
 
 
-def test_class_filter_keeps_only_the_chosen_classes(tiny_detr_dir):
-    _, everything, _ = detect(data.astronaut(), str(tiny_detr_dir), 0.3, 256)
+def test_class_filter_keeps_only_the_chosen_classes(state, tiny_detr_dir):
+    _, everything, _ = detect(state, data.astronaut(), str(tiny_detr_dir), 0.3, 256)
     present = sorted({row[1] for row in everything})
-    _, only, _ = detect(data.astronaut(), str(tiny_detr_dir), 0.3, 256, [present[0]])
+    _, only, _ = detect(state, data.astronaut(), str(tiny_detr_dir), 0.3, 256, [present[0]])
     assert only and {row[1] for row in only} == {present[0]}
     assert [row for row in everything if row[1] == present[0]] == only
 
 
-def test_several_images_at_once(tiny_detr_dir, tmp_path):
+def test_several_images_at_once(state, tiny_detr_dir, tmp_path):
     from PIL import Image
 
     from app.detect import detect_batch
@@ -120,11 +114,11 @@ def test_several_images_at_once(tiny_detr_dir, tmp_path):
         paths.append(str(tmp_path / name))
         Image.fromarray(image).save(paths[-1])
     (tmp_path / "bad.png").write_bytes(b"no image here")
-    gallery, rows, status = detect_batch(paths + [str(tmp_path / "bad.png")], str(tiny_detr_dir), 0.5, 256)
+    gallery, rows, status = detect_batch(state, paths + [str(tmp_path / "bad.png")], str(tiny_detr_dir), 0.5, 256)
     assert [caption.split(":")[0] for _, caption in gallery] == ["a.png", "b.png"]
     assert gallery[0][0].shape == data.astronaut().shape
     assert {row[0] for row in rows} <= {"a.png", "b.png"} and rows
     # each image's rows equal what the single-image handler gives
-    _, single, _ = detect(data.coffee(), str(tiny_detr_dir), 0.5, 256)
+    _, single, _ = detect(state, data.coffee(), str(tiny_detr_dir), 0.5, 256)
     assert [row[1:] for row in rows if row[0] == "b.png"] == single
     assert "2 images" in status and "bad.png" in status

@@ -7,20 +7,13 @@ import numpy as np
 import pytest
 from skimage import data
 
-import app.models
 import app.queries as queries
 from app.render import GRID_CELL, grid_query_at, grid_shape, query_grid
 
 
-@pytest.fixture(autouse=True)
-def fresh_caches(monkeypatch):
-    monkeypatch.setattr(app.models, "_cache", {})
-    monkeypatch.setattr(queries, "_cache", queries.OrderedDict())
-
-
-def test_every_query_is_listed_with_its_parts(tiny_model_dir):
+def test_every_query_is_listed_with_its_parts(state, tiny_model_dir):
     image = data.coffee()
-    key, rows, grid, layers, heads, status = queries.run_queries(image, str(tiny_model_dir), 256, 0.5)
+    key, rows, grid, layers, heads, status = queries.run_queries(state, image, str(tiny_model_dir), 256, 0.5)
     assert [row[0] for row in rows] == list(range(12))  # all 12 queries, in index order
     for query, label, score, no_object, x1, y1, x2, y2, passed in rows:
         assert label in ["circle", "square", "triangle"] and 0 <= score <= 1 and 0 <= no_object <= 1
@@ -32,14 +25,14 @@ def test_every_query_is_listed_with_its_parts(tiny_model_dir):
     assert "12 queries" in status
 
 
-def test_selecting_queries_layers_and_heads_never_reruns_the_model(tiny_detr_dir, monkeypatch):
+def test_selecting_queries_layers_and_heads_never_reruns_the_model(state, tiny_detr_dir, monkeypatch):
     image = data.astronaut()
-    key, *_ = queries.run_queries(image, str(tiny_detr_dir), 256, 0.5)
+    key, *_ = queries.run_queries(state, image, str(tiny_detr_dir), 256, 0.5)
     calls = []
     monkeypatch.setattr(queries, "predict", lambda *a, **k: calls.append(1))  # would break if called
     overlays = {}
     for query, layer, head in [(0, "1", "mean"), (5, "1", "mean"), (5, "0", "mean"), (5, "1", "0"), (5, "1", "1")]:
-        overlay, grid, details = queries.query_attention(key, query, layer, head, 0.5)
+        overlay, grid, details = queries.query_attention(state, key, query, layer, head, 0.5)
         assert overlay.shape == image.shape and overlay.dtype == np.uint8
         assert f"Query {query}" in details and f"layer {layer}" in details
         overlays[(query, layer, head)] = overlay
@@ -47,13 +40,13 @@ def test_selecting_queries_layers_and_heads_never_reruns_the_model(tiny_detr_dir
     # Different queries, layers and heads show different maps.
     assert len({o.tobytes() for o in overlays.values()}) == len(overlays)
     # Asking again for the same image and model reuses the cache too.
-    queries.run_queries(image, str(tiny_detr_dir), 256, 0.5)
+    queries.run_queries(state, image, str(tiny_detr_dir), 256, 0.5)
     assert not calls
 
 
-def test_selected_query_is_framed_in_the_grid(tiny_detr_dir):
-    key, _, plain, *_ = queries.run_queries(data.coffee(), str(tiny_detr_dir), 256, 0.5)
-    _, framed, _ = queries.query_attention(key, 6, None, "mean", 0.5)
+def test_selected_query_is_framed_in_the_grid(state, tiny_detr_dir):
+    key, _, plain, *_ = queries.run_queries(state, data.coffee(), str(tiny_detr_dir), 256, 0.5)
+    _, framed, _ = queries.query_attention(state, key, 6, None, "mean", 0.5)
     rows, cols = grid_shape(12)
     row, col = divmod(6, cols)
     changed = np.argwhere((framed != plain).any(-1))
@@ -75,9 +68,9 @@ def test_grid_click_maps_back_to_its_query():
         assert grid_query_at(n, cols * GRID_CELL + 1, 0) is None
 
 
-def test_grid_colours_follow_class_and_score(tiny_detr_dir):
-    key, *_ = queries.run_queries(data.coffee(), str(tiny_detr_dir), 256, 0.5)
-    outputs = queries.inspected(key).outputs
+def test_grid_colours_follow_class_and_score(state, tiny_detr_dir):
+    key, *_ = queries.run_queries(state, data.coffee(), str(tiny_detr_dir), 256, 0.5)
+    outputs = state.queries.get(key).outputs
     grid = query_grid(outputs, 0.5)
     centre = lambda q: grid[(q // 4) * GRID_CELL + GRID_CELL // 2, (q % 4) * GRID_CELL + GRID_CELL - 8].astype(int)
     best, worst = int(np.argmax(outputs.scores)), int(np.argmin(outputs.scores))
@@ -85,31 +78,31 @@ def test_grid_colours_follow_class_and_score(tiny_detr_dir):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda key: queries.query_attention(key, 99), "does not exist"),
-    (lambda key: queries.query_attention(key, "abc"), "Pick a query"),
-    (lambda key: queries.query_attention(key, 0, "7"), "layer 7"),
-    (lambda key: queries.query_attention(key, 0, None, "5"), "head 5"),
-    (lambda key: queries.query_attention("evicted-key", 0), "no longer cached"),
+    (lambda state, key: queries.query_attention(state, key, 99), "does not exist"),
+    (lambda state, key: queries.query_attention(state, key, "abc"), "Pick a query"),
+    (lambda state, key: queries.query_attention(state, key, 0, "7"), "layer 7"),
+    (lambda state, key: queries.query_attention(state, key, 0, None, "5"), "head 5"),
+    (lambda state, key: queries.query_attention(state, "evicted-key", 0), "no longer cached"),
 ])
-def test_bad_selections_are_clear_errors(tiny_detr_dir, call, message):
-    key, *_ = queries.run_queries(data.coffee(), str(tiny_detr_dir), 256, 0.5)
+def test_bad_selections_are_clear_errors(state, tiny_detr_dir, call, message):
+    key, *_ = queries.run_queries(state, data.coffee(), str(tiny_detr_dir), 256, 0.5)
     with pytest.raises(gr.Error, match=message):
-        call(key)
+        call(state, key)
 
 
-def test_missing_image_is_a_clear_error(tiny_detr_dir):
+def test_missing_image_is_a_clear_error(state, tiny_detr_dir):
     with pytest.raises(gr.Error, match="Upload an image"):
-        queries.run_queries(None, str(tiny_detr_dir), 256, 0.5)
+        queries.run_queries(state, None, str(tiny_detr_dir), 256, 0.5)
 
 
-def test_slot_plot_over_images(tiny_detr_dir, tmp_path):
+def test_slot_plot_over_images(state, tiny_detr_dir, tmp_path):
     from PIL import Image
 
     paths = []
     for i, image in enumerate([data.coffee(), data.astronaut(), data.chelsea()]):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(image).save(paths[-1])
-    figure = queries.slot_specialization([str(p) for p in paths], str(tiny_detr_dir), "0-3, 7", 128)
+    figure = queries.slot_specialization(state, [str(p) for p in paths], str(tiny_detr_dir), "0-3, 7", 128)
     titled = [ax.get_title() for ax in figure.axes if ax.get_title()]
     assert titled == ["slot 0", "slot 1", "slot 2", "slot 3", "slot 7"]
     assert all(len(ax.collections[0].get_offsets()) == 3 for ax in figure.axes if ax.get_title())  # one dot per image
@@ -118,9 +111,9 @@ def test_slot_plot_over_images(tiny_detr_dir, tmp_path):
         queries.parse_slots("5-20", 12)
 
 
-def test_small_images_are_enlarged_for_the_overlay(tiny_detr_dir):
+def test_small_images_are_enlarged_for_the_overlay(state, tiny_detr_dir):
     small = data.coffee()[::6, ::6]  # 67 x 100
-    key, *_ = queries.run_queries(small, str(tiny_detr_dir), 64, 0.5)
-    overlay, _, _ = queries.query_attention(key, 0)
+    key, *_ = queries.run_queries(state, small, str(tiny_detr_dir), 64, 0.5)
+    overlay, _, _ = queries.query_attention(state, key, 0)
     assert max(overlay.shape[:2]) == 512
     assert overlay.shape[0] / overlay.shape[1] == pytest.approx(small.shape[0] / small.shape[1], abs=0.01)

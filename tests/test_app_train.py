@@ -5,63 +5,60 @@ from __future__ import annotations
 import gradio as gr
 import pytest
 
-import app.models
 from app import train
+from app.config import AppConfig
+from app.state import AppState
+from core.flags import with_flags
+from training.config import FinetuneConfig
 from training.star_check import build_review_dataset
 
 
-@pytest.fixture(autouse=True)
-def fresh_model_cache(monkeypatch):
-    monkeypatch.setattr(app.models, "_cache", {})
-
-
-def test_summary_counts_reviewed_samples_and_classes(review_store):
-    assert "**0 reviewed samples**" in train.training_summary()
+def test_summary_counts_reviewed_samples_and_classes(state, review_store):
+    assert "**0 reviewed samples**" in train.training_summary(state)
     build_review_dataset(review_store, 3)
-    text = train.training_summary()
+    text = train.training_summary(state)
     assert "**3 reviewed samples**" in text and "star (2)" in text
 
 
-def test_second_start_is_refused_and_cancel_stops_without_a_version(review_store):
+def test_second_start_is_refused_and_cancel_stops_without_a_version(state, review_store):
     build_review_dataset(review_store, 10)
-    first = train.start_finetune("bundled", 50, 1e-4)
+    first = train.start_finetune(state, "bundled", 50, 1e-4)
     status, *_ = next(first)  # the job is running from here on
     assert status.startswith("Starting")
     with pytest.raises(gr.Error, match="already running"):
-        next(train.start_finetune("bundled", 5, 1e-4))
-    assert train.cancel_finetune().startswith("Cancelling")
+        next(train.start_finetune(state, "bundled", 5, 1e-4))
+    assert train.cancel_finetune(state).startswith("Cancelling")
     outputs = list(first)
     assert outputs[-1][0].startswith("Cancelled")
-    assert app.review.registry().versions() == []
-    assert train.cancel_finetune() == "No fine-tune is running."
+    assert state.registry.versions() == []
+    assert train.cancel_finetune(state) == "No fine-tune is running."
 
 
-def test_a_finished_run_is_a_version_the_app_can_load(review_store):
+def test_a_finished_run_is_a_version_the_app_can_load(state, review_store):
     build_review_dataset(review_store, 10)
-    outputs = list(train.start_finetune("bundled", 1, 1e-4))
+    outputs = list(train.start_finetune(state, "bundled", 1, 1e-4))
     status, _, table, version = outputs[-1]
     assert "version:v0001" in status and version["value"] == "version:v0001"
     assert table[0][0] == "all classes" and [row[0] for row in table[1:]] == ["circle", "square", "triangle", "star"]
-    assert "version:v0001" in app.models.model_choices()
-    detector = app.models.get_detector("version:v0001")
+    assert "version:v0001" in state.model_choices()
+    detector = state.models.get("version:v0001")
     assert detector.labels == ["circle", "square", "triangle", "star"] and detector.name == "version:v0001"
-    assert train.versions_table()[0][0] == "version:v0001" and train.rollback_target("version:v0001") == "bundled"
+    assert train.versions_table(state)[0][0] == "version:v0001" and train.rollback_target(state, "version:v0001") == "bundled"
 
 
-def test_public_space_without_login_cannot_train(review_store, monkeypatch):
-    monkeypatch.setenv("SPACE_ID", "someone/detr-studio")
-    monkeypatch.delenv("OAUTH_CLIENT_ID", raising=False)
-    assert "disabled" in train.training_summary()
+def test_public_space_without_login_cannot_train(review_store, tmp_path):
+    state = AppState(AppConfig(space_id="someone/detr-studio", dataset=review_store.dataset.name), tmp_path / "space")
+    assert "disabled" in train.training_summary(state)
     with pytest.raises(gr.Error, match="disabled"):
-        next(train.start_finetune("bundled", 1, 1e-4))
+        next(train.start_finetune(state, "bundled", 1, 1e-4))
 
 
-def test_on_zerogpu_the_tab_trains_in_gpu_chunks_and_still_plots_epochs(review_store, monkeypatch):
+def test_on_zerogpu_the_tab_trains_in_gpu_chunks_and_still_plots_epochs(state, review_store, monkeypatch):
     """With `spaces` present each chunk goes through the GPU-context function (here a stand-in that
     runs it with a 0.5 s budget), and the epochs it validated reach the plot from the job file."""
     from pathlib import Path
 
-    from training.finetune import run_chunk
+    from training.job import run_chunk
 
     chunks = []
 
@@ -72,57 +69,59 @@ def test_on_zerogpu_the_tab_trains_in_gpu_chunks_and_still_plots_epochs(review_s
     monkeypatch.setattr(train, "spaces", object())
     monkeypatch.setattr(train, "_gpu_chunk", gpu_chunk, raising=False)
     build_review_dataset(review_store, 10)
-    outputs = list(train.start_finetune("bundled", 3, 1e-3))
+    outputs = list(train.start_finetune(state, "bundled", 3, 1e-3))
     status, _, table, version = outputs[-1]
     assert "version:v0001" in status
     assert len(chunks) >= 2 and set(chunks) == {train.ZEROGPU_CHUNK_S}
     plotted = outputs[-1][1].axes[1].get_lines()[0].get_xdata()  # the validation-AP curve
     assert list(plotted) == [0, 1, 2]
-    info = app.review.registry().get("version:v0001").info
+    info = state.registry.get("version:v0001").info
     assert [h["epoch"] for h in info["history"]] == [0, 1, 2]
 
 
-def test_a_fine_tune_interrupted_by_a_restart_continues_at_start_up(review_store):
+def test_a_fine_tune_interrupted_by_a_restart_continues_at_start_up(state, review_store):
     """Chunks ran, then the server went away: the next start-up continues the job to a version."""
     import time
 
-    from training.finetune import FinetuneConfig, prepare, run_chunk, unfinished_job
+    from training.finetune import prepare
+    from training.job import run_chunk, unfinished_job
 
     build_review_dataset(review_store, 10)
-    work = app.review.data_dir() / "finetune-work"
-    prepare(review_store.dataset, "bundled", FinetuneConfig(epochs=3, batch_size=2), work, app.review.registry())
+    work = state.work_dir
+    prepare(review_store.dataset, "bundled", with_flags(FinetuneConfig(), epochs=3, batch_size=2), work, state.registry)
     ticks = iter(range(100_000))
     assert run_chunk(work, budget_s=3, clock=lambda: float(next(ticks))) == "paused"  # then the "restart"
     assert unfinished_job(work)["status"] == "paused"
-    assert train.continue_unfinished() == "bundled"
-    assert "is running" in train.training_summary()
+    assert train.continue_unfinished(state) == "bundled"
+    assert "is running" in train.training_summary(state)
     deadline = time.time() + 120
-    while train._job is not None and time.time() < deadline:
+    while state.job.current is not None and time.time() < deadline:
         time.sleep(0.2)
-    assert [v.name for v in app.review.registry().versions()] == ["version:v0001"]
-    assert unfinished_job(work) is None and train.continue_unfinished() is None  # nothing left to continue
+    assert [v.name for v in state.registry.versions()] == ["version:v0001"]
+    assert unfinished_job(work) is None and train.continue_unfinished(state) is None  # nothing left to continue
 
 
-def test_a_cancelled_fine_tune_is_not_continued(review_store):
+def test_a_cancelled_fine_tune_is_not_continued(state, review_store):
     import threading
 
-    from training.finetune import FinetuneConfig, prepare, run_chunk, unfinished_job
+    from training.finetune import prepare
+    from training.job import run_chunk, unfinished_job
 
     build_review_dataset(review_store, 10)
-    work = app.review.data_dir() / "finetune-work"
-    prepare(review_store.dataset, "bundled", FinetuneConfig(epochs=3, batch_size=2), work, app.review.registry())
+    work = state.work_dir
+    prepare(review_store.dataset, "bundled", with_flags(FinetuneConfig(), epochs=3, batch_size=2), work, state.registry)
     cancel = threading.Event()
     cancel.set()
     assert run_chunk(work, cancel=cancel) == "cancelled"
-    assert unfinished_job(work) is None and train.continue_unfinished() is None
+    assert unfinished_job(work) is None and train.continue_unfinished(state) is None
 
 
-def test_one_to_many_choice_moves_what_trains_off_the_heads_and_is_checked(review_store):
+def test_one_to_many_choice_moves_what_trains_off_the_heads_and_is_checked(state, review_store):
     assert train.trainable_for_hybrid("co-detr", "heads") == "transformer"
     assert train.trainable_for_hybrid("h-detr", "decoder") == "decoder"
     assert train.trainable_for_hybrid("off", "heads") == "heads"
     build_review_dataset(review_store, 10)
     with pytest.raises(gr.Error, match="nothing to train"):
-        next(train.start_finetune("bundled", 1, 1e-4, "heads", "co-detr"))
+        next(train.start_finetune(state, "bundled", 1, 1e-4, "heads", "co-detr"))
     with pytest.raises(gr.Error, match="must be one of"):
-        next(train.start_finetune("bundled", 1, 1e-4, "all", "dino"))
+        next(train.start_finetune(state, "bundled", 1, 1e-4, "all", "dino"))

@@ -6,10 +6,14 @@ import torch
 
 from core.boxes import (
     box_cxcywh_to_xyxy,
+    box_cxcywhn_hflip,
+    box_cxcywhn_to_xyxy,
     box_iou,
     box_xywh_to_xyxy,
     box_xywhn_to_xyxy,
+    box_xyxy_centers,
     box_xyxy_to_cxcywh,
+    box_xyxy_to_cxcywhn,
     box_xyxy_to_xywh,
     box_xyxy_to_xywhn,
     clip_boxes_xyxy,
@@ -29,6 +33,8 @@ def random_xyxy(n: int, seed: int = 0) -> torch.Tensor:
         (box_xyxy_to_cxcywh, box_cxcywh_to_xyxy),
         (box_xyxy_to_xywh, box_xywh_to_xyxy),
         (lambda b: box_xyxy_to_xywhn(b, 640, 480), lambda b: box_xywhn_to_xyxy(b, 640, 480)),
+        (lambda b: box_xyxy_to_cxcywhn(b, 640, 480), lambda b: box_cxcywhn_to_xyxy(b, 640, 480)),
+        (box_cxcywhn_hflip, box_cxcywhn_hflip),  # flipping twice is the identity
     ],
 )
 @pytest.mark.parametrize("n", [0, 1, 17])  # 0: empty input keeps shape [0, 4]
@@ -45,6 +51,31 @@ def test_round_trip(forward, backward, n):
 def test_batched_leading_dims():
     boxes = random_xyxy(12).reshape(3, 4, 4)
     assert torch.allclose(box_cxcywh_to_xyxy(box_xyxy_to_cxcywh(boxes)), boxes, atol=1e-4)
+
+
+def test_normalized_conversions_equal_the_plain_ones_scaled():
+    boxes = random_xyxy(9, seed=3)
+    scale = torch.tensor([640.0, 480.0, 640.0, 480.0])
+    assert torch.allclose(box_xyxy_to_cxcywhn(boxes, 640, 480), box_xyxy_to_cxcywh(boxes) / scale, atol=1e-6)
+    normalized = box_xyxy_to_cxcywhn(boxes, 640, 480)
+    assert torch.allclose(box_cxcywhn_to_xyxy(normalized, 640, 480), box_cxcywh_to_xyxy(normalized) * scale, atol=1e-4)
+    # per-image sizes broadcast: [B, N, 4] boxes with [B, 1] widths and heights
+    batch = boxes.reshape(3, 3, 4)
+    widths, heights = torch.tensor([[640.0], [320.0], [100.0]]), torch.tensor([[480.0], [240.0], [50.0]])
+    each = torch.stack([box_xyxy_to_cxcywhn(batch[i], float(widths[i]), float(heights[i])) for i in range(3)])
+    assert torch.allclose(box_xyxy_to_cxcywhn(batch, widths, heights), each)
+
+
+def test_centres_and_flip_known_values():
+    xyxy = torch.tensor([[10.0, 20.0, 30.0, 60.0]])
+    assert box_xyxy_centers(xyxy).tolist() == [[20.0, 40.0]]
+    flipped = box_cxcywhn_hflip(torch.tensor([[0.25, 0.5, 0.2, 0.4]]))
+    assert torch.allclose(flipped, torch.tensor([[0.75, 0.5, 0.2, 0.4]]))
+    # the flip of the pixel box is the box of the flipped image
+    image_width = 100.0
+    pixel = box_cxcywhn_to_xyxy(flipped, image_width, 50.0)
+    original = box_cxcywhn_to_xyxy(torch.tensor([[0.25, 0.5, 0.2, 0.4]]), image_width, 50.0)
+    assert torch.allclose(pixel[:, [0, 2]], image_width - original[:, [2, 0]])
 
 
 def test_known_values():

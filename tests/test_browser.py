@@ -17,6 +17,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic"]
 
+from conftest import state_with  # noqa: E402
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no Chromium at /usr/bin/chromium (apt-get install chromium)"),
@@ -24,11 +26,10 @@ pytestmark = [
 
 
 @pytest.fixture
-def running_app(tiny_detr_dir, monkeypatch):
+def running_app(state, tiny_detr_dir):
     from app.ui import build_app
 
-    monkeypatch.setenv("DETR_STUDIO_MODEL", str(tiny_detr_dir))
-    demo = build_app()
+    demo = build_app(state_with(state, model=str(tiny_detr_dir)))
     demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
     yield demo.local_url
     demo.close()
@@ -74,14 +75,13 @@ def test_error_is_shown_in_the_page(running_app, page):
 
 
 @pytest.fixture
-def review_app(review_store, monkeypatch):
+def review_app(state, review_store):
     """The app on the bundled model (it sees the shapes), its review store a throwaway dataset."""
     from app.ui import build_app, launch
 
-    monkeypatch.setenv("DETR_STUDIO_MODEL", "bundled")
-    demo = launch(build_app(), review_store.media_dir.parent, server_name="127.0.0.1", server_port=None,
-                  quiet=True)
-    yield demo.local_url, review_store
+    served = state_with(state, model="bundled")
+    demo = launch(build_app(served), served, server_name="127.0.0.1", server_port=None, quiet=True)
+    yield demo.local_url, review_store, served
     demo.close()
 
 
@@ -91,7 +91,7 @@ def test_detect_inspect_review_and_find_the_edit_in_fiftyone(review_app, page, t
 
     from core.loading import ASSETS_DIR
 
-    url, store = review_app
+    url, store, _ = review_app
     page.goto(url)
     page.locator("#detect-input input[type=file]").set_input_files(str(ASSETS_DIR / "examples" / "shapes-700.png"))
     page.locator("#detect-input img").wait_for(timeout=30_000)
@@ -159,12 +159,12 @@ def test_fiftyone_app_shows_the_review_dataset(review_app, page, tmp_path):
     from app.fiftyone_app import app_url
     from datasets.shapes import generate_sample
 
-    url, review_store = review_app
+    url, review_store, served = review_app
     media = []
     page.on("response", lambda response: media.append(response.status) if "/fiftyone/media" in response.url else None)
 
-    sample_id = review.send_to_review(generate_sample(7).image, "bundled", 0.5, 0)[1]
-    review.save_review(sample_id, 0, {"image": "x", "boxes": [{"xmin": 1, "ymin": 2, "xmax": 30, "ymax": 40,
+    sample_id = review.send_to_review(served, generate_sample(7).image, "bundled", 0.5, 0)[1]
+    review.save_review(served, sample_id, 0, {"image": "x", "boxes": [{"xmin": 1, "ymin": 2, "xmax": 30, "ymax": 40,
                                                                "label": "circle"}]}, "ana")
     # The FiftyOne App, mounted under /fiftyone of the same server (one port, one origin).
     page.goto(url.rstrip("/") + app_url(review_store.dataset.name))

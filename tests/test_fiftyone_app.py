@@ -12,6 +12,8 @@ import urllib.request
 
 import pytest
 
+from conftest import state_with
+
 from app.fiftyone_app import _mutations
 
 
@@ -24,17 +26,18 @@ def _request(url: str, data: bytes | None = None, method: str | None = None) -> 
         return error.code, error.read()
 
 
-@pytest.fixture
-def served(review_store, monkeypatch, tmp_path):
-    """The app (bundled model) with one reviewed sample, FiftyOne mounted; yields (url, store, sample path)."""
+@pytest.fixture(params=[False, True], ids=["local", "space"])
+def served(request, state, review_store):
+    """The app (bundled model) with one reviewed sample, FiftyOne mounted, served locally or as a
+    Space; yields (url, store, sample path, on a Space)."""
     from app import review
     from app.ui import build_app, launch
     from datasets.shapes import generate_sample
 
-    monkeypatch.setenv("DETR_STUDIO_MODEL", "bundled")
-    review.send_to_review(generate_sample(3).image, "bundled", 0.5, 0)
-    demo = launch(build_app(), review_store.media_dir.parent, server_name="127.0.0.1", server_port=None, quiet=True)
-    yield demo.local_url.rstrip("/"), review_store, review_store.dataset.first().filepath
+    served = state_with(state, model="bundled", space_id="someone/detr-studio" if request.param else None)
+    review.send_to_review(served, generate_sample(3).image, "bundled", 0.5, 0)
+    demo = launch(build_app(served), served, server_name="127.0.0.1", server_port=None, quiet=True)
+    yield demo.local_url.rstrip("/"), review_store, review_store.dataset.first().filepath, request.param
     demo.close()
 
 
@@ -43,7 +46,7 @@ def _media(url: str, path: str) -> int:
 
 
 def test_media_is_confined_to_the_review_media(served, tmp_path):
-    url, store, sample_path = served
+    url, store, sample_path, _ = served
     assert _media(url, sample_path) == 200
     secret = tmp_path / "secret.txt"
     secret.write_text("not for visitors")
@@ -54,7 +57,7 @@ def test_media_is_confined_to_the_review_media(served, tmp_path):
 
 
 def test_app_page_loads_through_the_mount(served):
-    url, store, _ = served
+    url, store, _, _ = served
     status, body = _request(f"{url}/fiftyone/datasets/{store.dataset.name}?proxy=/fiftyone/")
     assert status == 200 and b"<html" in body.lower()
 
@@ -64,16 +67,10 @@ SAVE_VIEW = {"query": 'mutation { createSavedView(subscription: "x", viewName: "
 SET_VIEW = {"query": 'mutation { setView(subscription: "x", view: [], datasetName: "d") { id } }'}
 
 
-@pytest.mark.parametrize("on_space, signed_in, writes_allowed", [
-    (False, False, True),  # local use stays open
-    (True, False, False),  # a Space: visitors get a read-only App
-])
-def test_visitors_on_a_space_get_a_read_only_app(served, monkeypatch, on_space, signed_in, writes_allowed):
-    url, store, _ = served
-    if on_space:
-        monkeypatch.setenv("SPACE_ID", "someone/detr-studio")
-    else:
-        monkeypatch.delenv("SPACE_ID", raising=False)
+def test_visitors_on_a_space_get_a_read_only_app(served):
+    """Local use stays open; on a Space, visitors who are not signed in get a read-only App."""
+    url, store, _, on_space = served
+    writes_allowed = not on_space
     status, _ = _request(f"{url}/fiftyone/graphql", json.dumps(QUERY).encode())
     assert status == 200  # reading is open to everyone
     refused = {"mutation": _request(f"{url}/fiftyone/graphql", json.dumps(SAVE_VIEW).encode())[0],

@@ -11,8 +11,17 @@ import pytest
 import torch
 
 from conftest import LABELS, tiny_model
-from training.finetune import FinetuneConfig, FinetuneError, extend_head, finetune, is_validation
+from core.flags import with_flags
+from core.heads import extend_head
+from training.config import FinetuneConfig
+from training.finetune import FinetuneError, finetune
 from training.registry import Registry, RegistryError
+from training.split import is_validation, validation_ids
+
+
+def settings(**values) -> FinetuneConfig:
+    """The fine-tune's defaults with some settings changed, named as the command line names them."""
+    return with_flags(FinetuneConfig(), **values)
 
 
 def test_split_is_stable_and_about_the_fraction():
@@ -22,6 +31,19 @@ def test_split_is_stable_and_about_the_fraction():
     assert 0.17 < np.mean(first) < 0.23
     # a larger fraction only moves samples into validation, never out
     assert all(is_validation(i, 0.3) for i, v in zip(ids, first) if v)
+    # with few samples the hash may choose none; then the lowest in the hash order validates
+    few = ids[:6]
+    assert validation_ids(few, 0.0001) and len(validation_ids(few, 0.0001)) == 1
+    assert validation_ids(ids[:4], 0.0001) == set()  # fewer than 5: no forced validation sample
+
+
+def test_settings_by_flag_name_reach_the_nested_configs():
+    config = settings(epochs=3, lr=1e-3, hybrid="co-detr", anchor_scale=4.0, patience=2)
+    assert (config.train.epochs, config.train.lr, config.hybrid.method, config.hybrid.anchor_scale,
+            config.patience) == (3, 1e-3, "co-detr", 4.0, 2)
+    assert config.train.batch_size == FinetuneConfig().train.batch_size  # the rest keep the defaults
+    with pytest.raises(TypeError, match="no setting epoch"):
+        settings(epoch=3)
 
 
 @pytest.mark.parametrize("kind", ["detr", "conditional_detr"])
@@ -29,7 +51,7 @@ def test_new_class_extends_the_head_without_changing_old_rows(kind):
     model = tiny_model(kind)
     old_weight = model.class_labels_classifier.weight.detach().clone()
     old_bias = model.class_labels_classifier.bias.detach().clone()
-    extend_head(model, kind, LABELS + ["star", "hexagon"])
+    extend_head(model, LABELS + ["star", "hexagon"])
     head = model.class_labels_classifier
     extra = 1 if kind == "detr" else 0
     assert head.out_features == 5 + extra
@@ -41,8 +63,8 @@ def test_new_class_extends_the_head_without_changing_old_rows(kind):
     # the model still runs and outputs the new number of classes
     out = model(pixel_values=torch.rand(1, 3, 64, 64))
     assert out.logits.shape[-1] == 5 + extra
-    with pytest.raises(FinetuneError, match="start with the base model's labels"):
-        extend_head(model, kind, ["star"] + LABELS)
+    with pytest.raises(ValueError, match="start with the base model's labels"):
+        extend_head(model, ["star"] + LABELS)
 
 
 def test_registry_never_overwrites_and_survives_a_crash(tmp_path):
@@ -90,10 +112,10 @@ def test_zerogpu_sized_chunks_give_the_result_of_one_run(review_store, tmp_path)
     fine-tune as several resumable chunks, each from files only; the version equals one straight run."""
     from safetensors.torch import load_file
 
-    from training.finetune import run_chunk
+    from training.job import run_chunk
 
     _reviewed_store(review_store, 12)
-    config = FinetuneConfig(epochs=3, batch_size=2, patience=10)
+    config = settings(epochs=3, batch_size=2, patience=10)
     straight = finetune(review_store.dataset, "bundled", config, out_dir=tmp_path / "straight")
     ticks, calls = iter(range(100_000)), []
 
@@ -121,7 +143,7 @@ def test_cancel_stops_and_registers_nothing(review_store, tmp_path):
         cancel.set()  # cancel as soon as the first progress report arrives
 
     registry = Registry(tmp_path / "models")
-    result = finetune(review_store.dataset, "bundled", FinetuneConfig(epochs=50, batch_size=2), registry=registry,
+    result = finetune(review_store.dataset, "bundled", settings(epochs=50, batch_size=2), registry=registry,
                       progress=progress, cancel=cancel)
     assert result.status == "cancelled" and result.version is None
     assert steps == [5]  # log_every = 5: the cancel was seen before step 6
@@ -137,7 +159,7 @@ def test_shortened_end_to_end_learns_the_new_class(review_store, tmp_path):
     _reviewed_store(review_store, 32)
     registry = Registry(tmp_path / "models")
     epochs = []
-    config = FinetuneConfig(epochs=40, patience=40)
+    config = settings(epochs=40, patience=40)
     result = finetune(review_store.dataset, "bundled", config, registry=registry, on_epoch=epochs.append)
     assert result.version == "version:v0001" and len(epochs) == 40
     assert result.labels == ["circle", "square", "triangle", "star"]
@@ -172,7 +194,7 @@ def test_fine_tune_with_co_detr_writes_a_plain_model(review_store, tmp_path):
     from core.loading import BUNDLED_DIR
 
     _reviewed_store(review_store, 12)
-    config = FinetuneConfig(epochs=1, batch_size=4, trainable="decoder", lr=5e-4, hybrid="co-detr", anchor_scale=4.0)
+    config = settings(epochs=1, batch_size=4, trainable="decoder", lr=5e-4, hybrid="co-detr", anchor_scale=4.0)
     result = finetune(review_store.dataset, "bundled", config, out_dir=tmp_path / "model")
     assert result.status in ("finished", "stopped_early")
     base = load_file(BUNDLED_DIR / "model.safetensors")
@@ -194,6 +216,6 @@ def test_hybrid_settings_that_cannot_work_are_refused_before_anything_is_written
     (tmp_path / "job").mkdir()
     (tmp_path / "job" / "keep.txt").write_text("an earlier job")
     with pytest.raises(FinetuneError, match=message):
-        finetune(review_store.dataset, "bundled", FinetuneConfig(**setting), work_dir=tmp_path / "job",
+        finetune(review_store.dataset, "bundled", settings(**setting), work_dir=tmp_path / "job",
                  out_dir=tmp_path / "model")
     assert (tmp_path / "job" / "keep.txt").is_file()

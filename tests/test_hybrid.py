@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from core.forward import AllDecoderLayers, encode, memory_stride
-from core.hybrid import CoDetrBranch, HDetrBranch, sine_box_embedding
+from core.family import DETR, FAMILIES
+from core.forward import AllDecoderLayers, backbone_stride, encode
+from core.hybrid import CoDetrBranch, HDetrBranch, HybridConfig, build_branch, sine_box_embedding
 from core.losses import criterion_for
-from core.train import TrainConfig, hybrid_branch, train
+from core.train import TrainConfig, train
 from datasets.shapes import ShapesDataset
 
 KINDS = ["detr", "conditional_detr"]
@@ -35,14 +36,14 @@ TARGETS = [
 def _branch(model, kind, **overrides):
     settings = dict(strides=(8, 16, 32), anchor_scale=4.0, anchor_reference=kind == "conditional_detr")
     return CoDetrBranch(model.config.d_model, model.config.num_labels, model.config.decoder_layers,
-                        memory_stride(model), **{**settings, **overrides})
+                        backbone_stride(model.config), **{**settings, **overrides})
 
 
-def test_memory_stride_and_box_embedding():
+def test_backbone_stride_and_box_embedding():
     model = tiny_model("detr")
     pixels, mask = _batch()
     encoded = encode(model.model, pixels, mask)
-    assert memory_stride(model) == encoded.stride == 64 // encoded.feature_size[0]
+    assert backbone_stride(model.config) == encoded.stride == 64 // encoded.feature_size[0]
     assert encoded.image_sizes.tolist() == [[64, 96], [64, 64]]
     embedded = sine_box_embedding(torch.rand(2, 5, 4), num_feats=16)
     assert embedded.shape == (2, 5, 64)
@@ -58,7 +59,7 @@ def test_branch_leaves_the_main_pass_as_the_model_computes_it(kind):
     pixels, mask = _batch()
     with torch.no_grad():
         reference = model(pixel_values=pixels, pixel_mask=mask)
-        logits, boxes, extra = AllDecoderLayers(model, kind, _branch(model, kind))(pixels, mask, TARGETS)
+        logits, boxes, extra = AllDecoderLayers(model, _branch(model, kind))(pixels, mask, TARGETS)
     assert torch.allclose(logits[-1], reference.logits, atol=1e-6)
     assert torch.allclose(boxes[-1], reference.pred_boxes, atol=1e-6)
     assert logits.shape[2] == model.config.num_queries  # the positive queries are a separate set
@@ -82,8 +83,8 @@ def test_positive_queries_never_reach_the_main_matcher(kind):
     model.config.auxiliary_loss = True
     branch = _branch(model, kind, min_queries=25)  # more than the model's 10 queries, so counts differ
     pixels, mask = _batch()
-    logits, boxes, extra = AllDecoderLayers(model, kind, branch)(pixels, mask, TARGETS)
-    criterion = criterion_for(kind, model.config.num_labels)
+    logits, boxes, extra = AllDecoderLayers(model, branch)(pixels, mask, TARGETS)
+    criterion = criterion_for(FAMILIES[kind], model.config.num_labels)
     calls = record_matching(criterion)
     losses = criterion(logits, boxes, TARGETS)
     losses.update(branch.loss(extra, TARGETS, criterion))
@@ -128,7 +129,7 @@ def test_anchor_centres_are_the_reference_points_of_conditional_queries():
         last = model.bbox_predictor.layers[-1]
         last.weight.zero_()
         last.bias.zero_()
-    network = AllDecoderLayers(model, "conditional_detr")
+    network = AllDecoderLayers(model)
     pixels, mask = _batch()
     encoded = encode(model.model, pixels, mask)
     reference = torch.rand(2, 7, 2) * 0.8 + 0.1
@@ -138,13 +139,13 @@ def test_anchor_centres_are_the_reference_points_of_conditional_queries():
     _, unmodified = network.decode(encoded, content, position)  # the flag's other path: the decoder's own points
     assert not torch.allclose(unmodified[..., :2], boxes[..., :2], atol=1e-3)
     with pytest.raises(ValueError, match="only in Conditional DETR"):
-        AllDecoderLayers(tiny_model("detr"), "detr").decode(encoded, content, position, reference)
+        AllDecoderLayers(tiny_model("detr")).decode(encoded, content, position, reference)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_fixed_assignment_loss_equals_the_matched_loss_for_the_same_matching(kind):
     torch.manual_seed(0)
-    criterion = criterion_for(kind, 3)
+    criterion = criterion_for(FAMILIES[kind], 3)
     classes = 4 if kind == "detr" else 3
     logits, boxes = torch.randn(2, 2, 6, classes), torch.rand(2, 2, 6, 4) * 0.5 + 0.25
     targets = [dict(TARGETS[0]), {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
@@ -161,19 +162,19 @@ def test_fixed_assignment_loss_equals_the_matched_loss_for_the_same_matching(kin
 def test_losses_are_finite_under_bf16_autocast_with_an_empty_image(kind, hybrid):
     model = tiny_model(kind)
     model.config.auxiliary_loss = True
-    config = TrainConfig(hybrid=hybrid, co_detr_strides=(8, 16, 32), co_detr_anchor_scale=4.0, h_detr_queries=2)
-    branch = hybrid_branch(model, kind, model.config.num_labels, config)
+    config = HybridConfig(method=hybrid, co_detr_strides=(8, 16, 32), anchor_scale=4.0, h_detr_queries=2)
+    branch = build_branch(model, model.config.num_labels, config)
     pixels, mask = _batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits, boxes, extra = AllDecoderLayers(model, kind, branch)(pixels, mask, TARGETS)
-    criterion = criterion_for(kind, model.config.num_labels)
+        logits, boxes, extra = AllDecoderLayers(model, branch)(pixels, mask, TARGETS)
+    criterion = criterion_for(FAMILIES[kind], model.config.num_labels)
     losses = branch.loss(extra, TARGETS, criterion)
     assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
     losses["loss_hybrid"].backward()
     grads = [p.grad for p in branch.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     empty = [TARGETS[1], TARGETS[1]]
-    logits, boxes, extra = AllDecoderLayers(model, kind, branch)(pixels, mask, empty)
+    logits, boxes, extra = AllDecoderLayers(model, branch)(pixels, mask, empty)
     assert all(torch.isfinite(v) for v in branch.loss(extra, empty, criterion).values())
 
 
@@ -182,23 +183,45 @@ def test_h_detr_group_is_matched_against_repeated_targets():
     model.config.auxiliary_loss = True
     branch = HDetrBranch(model.config.d_model, 12, repeats=3)
     pixels, mask = _batch()
-    _, _, extra = AllDecoderLayers(model, "detr", branch)(pixels, mask, TARGETS)
+    _, _, extra = AllDecoderLayers(model, branch)(pixels, mask, TARGETS)
     assert extra["logits"].shape[2] == 12
-    criterion = criterion_for("detr", model.config.num_labels)
+    criterion = criterion_for(DETR, model.config.num_labels)
     calls = record_matching(criterion)
     branch.loss(extra, TARGETS, criterion)
     assert calls == [(12, [6, 0])]  # two boxes repeated three times; the empty image stays empty
 
 
-@pytest.mark.parametrize("setting, message", [
-    ({"hybrid": "dino"}, "hybrid must be one of"),
-    ({"hybrid": "co-detr", "trainable": "heads"}, "trainable='heads'"),
-    ({"hybrid": "h-detr", "one_to_many": 5, "one_to_many_layers": 2}, "use one"),
-    ({"hybrid": "co-detr", "co_detr_lambda1": 0.0, "co_detr_lambda2": 0.0}, "hybrid='off'"),
+@pytest.mark.parametrize("setting, trainable, one_to_many, message", [
+    ({"method": "dino"}, "all", 0, "hybrid must be one of"),
+    ({"method": "co-detr"}, "heads", 0, "trainable='heads'"),
+    ({"method": "h-detr"}, "all", 5, "use one"),
+    ({"method": "co-detr", "co_detr_lambda1": 0.0, "co_detr_lambda2": 0.0}, "all", 0, "hybrid='off'"),
 ])
-def test_settings_that_cannot_work_are_refused(setting, message):
+def test_settings_that_cannot_work_are_refused(setting, trainable, one_to_many, message):
     with pytest.raises(ValueError, match=message):
-        hybrid_branch(tiny_model("detr"), "detr", 3, TrainConfig(**setting))
+        build_branch(tiny_model("detr"), 3, HybridConfig(**setting), trainable, one_to_many)
+
+
+def test_a_hybrid_layer_scheme_and_a_branch_are_refused_together():
+    model = tiny_model("detr")
+    branch = build_branch(model, 3, HybridConfig(method="h-detr", h_detr_queries=1))
+    with pytest.raises(ValueError, match="use one"):
+        train(model, ShapesDataset(2), TrainConfig(max_steps=1, one_to_many=5, one_to_many_layers=1), branch=branch)
+
+
+def test_building_a_branch_leaves_the_random_stream_alone():
+    """The branch's initial weights depend only on its seed, and the global random stream (the
+    model's dropout, later initialisations) goes on as if no branch had been built."""
+    model = tiny_model("detr")
+    hybrid = HybridConfig(method="h-detr", h_detr_queries=1)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    a = build_branch(model, 3, hybrid, seed=1)
+    assert torch.equal(torch.rand(3), expected)
+    torch.manual_seed(9)  # another global state, the same seed: the same weights
+    b = build_branch(model, 3, hybrid, seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -209,10 +232,10 @@ def test_a_model_trained_with_co_detr_is_the_same_model(kind, tmp_path):
     keys = {k: v.shape for k, v in plain.state_dict().items()}
     model = tiny_model(kind)
     config = TrainConfig(epochs=2, max_steps=3, batch_size=2, lr=1e-3, freeze_stem=False, shortest_edge=64,
-                         longest_edge=96, hybrid="co-detr", co_detr_strides=(8, 16, 32), co_detr_anchor_scale=4.0,
-                         checkpoint_dir=str(tmp_path / "checkpoints"))
+                         longest_edge=96, checkpoint_dir=str(tmp_path / "checkpoints"))
+    branch = build_branch(model, 3, HybridConfig(method="co-detr", co_detr_strides=(8, 16, 32), anchor_scale=4.0))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = train(model, kind, ShapesDataset(4, first_seed=3), config)
+    result = train(model, ShapesDataset(4, first_seed=3), config, branch=branch)
     assert result.step == 3
     assert {k: v.shape for k, v in model.state_dict().items()} == keys
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # it did train
@@ -235,18 +258,18 @@ def test_a_model_trained_with_co_detr_is_the_same_model(kind, tmp_path):
 def test_a_co_detr_run_resumes_exactly(tmp_path):
     """Stopped after 2 steps and resumed to 4, a Co-DETR run ends with the weights of 4 steps in one go
     (the branch's weights and optimizer state come back from the checkpoint)."""
-    def run(steps, directory):
+    def run(model, steps, directory):
         config = TrainConfig(epochs=10, max_steps=steps, batch_size=2, lr=1e-3, freeze_stem=False, shortest_edge=64,
-                             longest_edge=96, hybrid="co-detr", co_detr_strides=(8, 16, 32), co_detr_anchor_scale=4.0,
-                             checkpoint_dir=str(directory))
-        return config
+                             longest_edge=96, checkpoint_dir=str(directory))
+        hybrid = HybridConfig(method="co-detr", co_detr_strides=(8, 16, 32), anchor_scale=4.0)
+        train(model, ShapesDataset(4, first_seed=3), config, branch=build_branch(model, 3, hybrid))
 
     whole = tiny_model("conditional_detr")
-    train(whole, "conditional_detr", ShapesDataset(4, first_seed=3), run(4, tmp_path / "a"))
+    run(whole, 4, tmp_path / "a")
     parts = tiny_model("conditional_detr")
-    train(parts, "conditional_detr", ShapesDataset(4, first_seed=3), run(2, tmp_path / "b"))
+    run(parts, 2, tmp_path / "b")
     parts = tiny_model("conditional_detr")  # a fresh process would start from the checkpoint like this
-    train(parts, "conditional_detr", ShapesDataset(4, first_seed=3), run(4, tmp_path / "b"))
+    run(parts, 4, tmp_path / "b")
     for (name, a), b in zip(whole.state_dict().items(), parts.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
 
@@ -260,9 +283,11 @@ def test_hybrid_training_on_cuda_with_bf16(kind, hybrid):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     seen = []
     config = TrainConfig(epochs=2, max_steps=4, batch_size=2, lr=1e-3, freeze_stem=False, shortest_edge=64,
-                         longest_edge=96, log_every=1, hybrid=hybrid, co_detr_strides=(8, 16, 32),
-                         co_detr_anchor_scale=4.0, h_detr_queries=2)
-    result = train(model, kind, ShapesDataset(4, first_seed=3), config, progress=lambda p: seen.append(p.losses))
+                         longest_edge=96, log_every=1)
+    branch = build_branch(model, 3, HybridConfig(method=hybrid, co_detr_strides=(8, 16, 32), anchor_scale=4.0,
+                                                 h_detr_queries=2))
+    result = train(model, ShapesDataset(4, first_seed=3), config, branch=branch,
+                   progress=lambda p: seen.append(p.losses))
     assert result.step == 4 and not result.skipped_steps
     assert all(torch.isfinite(torch.tensor(v)) for losses in seen for v in losses.values())
     assert "loss_hybrid" in seen[-1]

@@ -24,7 +24,7 @@ def test_every_query_is_returned(tiny_model_dir, images):
     assert len(outputs) == len(images)
     for out, image in zip(outputs, images):
         n = detector.num_queries
-        columns = len(LABELS) + (1 if detector.scoring == "softmax" else 0)
+        columns = len(LABELS) + detector.family.class_columns_extra
         assert out.probs.shape == (n, columns)
         assert out.boxes.shape == (n, 4) and out.scores.shape == out.no_object.shape == out.label_ids.shape == (n,)
         assert out.image_size == (image.shape[1], image.shape[0])
@@ -37,7 +37,7 @@ def test_every_query_is_returned(tiny_model_dir, images):
         real = out.probs[:, : len(LABELS)]
         assert np.allclose(out.scores, real[np.arange(n), out.label_ids])
         assert np.allclose(out.scores, real.max(1))
-        if detector.scoring == "softmax":
+        if detector.family.no_object:
             assert np.allclose(out.probs.sum(1), 1.0, atol=1e-5)
             assert np.allclose(out.no_object, out.probs[:, -1])
         else:

@@ -27,7 +27,7 @@ def test_round_trip_gives_identical_outputs(tmp_path, kind):
     detector = load_detector(tmp_path / "model", device="cpu")
     assert detector.labels == LABELS
     assert detector.num_queries == 12
-    assert detector.scoring == ("softmax" if detector.kind == "detr" else "sigmoid")
+    assert detector.family.no_object == (detector.kind == "detr")
     pixels = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
     mask = torch.ones(2, 96, 128, dtype=torch.long)
     with torch.no_grad():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
+from core.family import FAMILIES
 from core.losses import SetCriterion, TargetError, criterion_for, stack_decoder_outputs, validate_targets
 
 
@@ -32,7 +33,7 @@ def test_equals_transformers_loss(kind, sizes):
     logits, boxes = stack_decoder_outputs(outputs)
     assert logits.shape[0] == config.decoder_layers
     # transformers weights Conditional DETR's class loss 1 (not the paper's 2): compare like with like
-    ours = criterion_for(kind, 3, class_weight=1.0)(logits, boxes, targets)
+    ours = criterion_for(FAMILIES[kind], 3, class_weight=1.0)(logits, boxes, targets)
     assert ours["loss"].item() == pytest.approx(outputs.loss.item(), rel=1e-4)
     for name, value in outputs.loss_dict.items():
         if name.startswith("cardinality"):

@@ -253,7 +253,8 @@ def test_the_app_data_directory_holds_the_database_and_media(tmp_path):
     script = """
 import sys, numpy as np, supervision as sv
 from pathlib import Path
-from datasets.review import configure_fiftyone, ReviewStore
+from datasets.database import configure_fiftyone
+from datasets.review import ReviewStore
 data = Path(sys.argv[1])
 print(configure_fiftyone(data))
 store = ReviewStore.open("app-data-test", data)
@@ -289,7 +290,8 @@ def test_a_second_app_on_another_data_directory_is_refused_not_redirected(tmp_pa
     script = """
 import sys
 from pathlib import Path
-from datasets.review import configure_fiftyone, ReviewStore, ReviewError
+from datasets.database import configure_fiftyone
+from datasets.review import ReviewStore, ReviewError
 configure_fiftyone(Path(sys.argv[1]))
 try:
     ReviewStore.open("attach-test", Path(sys.argv[1]))

@@ -41,7 +41,7 @@ def test_all_decoder_layers_end_with_the_models_output(kind):
     pixels, mask = torch.randn(2, 3, 64, 96), torch.ones(2, 64, 96, dtype=torch.long)
     with torch.no_grad():
         reference = model(pixel_values=pixels, pixel_mask=mask)
-        logits, boxes = AllDecoderLayers(model, kind)(pixels, mask)
+        logits, boxes = AllDecoderLayers(model)(pixels, mask)
     assert logits.shape[0] == boxes.shape[0] == model.config.decoder_layers
     assert torch.allclose(logits[-1], reference.logits, atol=1e-6)
     assert torch.allclose(boxes[-1], reference.pred_boxes, atol=1e-6)
@@ -52,7 +52,7 @@ def test_a_few_steps_reduce_the_loss(kind):
     """Overfitting four images: the loss of the last steps is well below that of the first ones
     (measured: about 0.8x after 25 steps, 0.6x after 40)."""
     seen = []
-    train(tiny(kind), kind, ShapesDataset(4, first_seed=7), quick(max_steps=40, batch_size=4, lr=2e-3,
+    train(tiny(kind), ShapesDataset(4, first_seed=7), quick(max_steps=40, batch_size=4, lr=2e-3,
                                                                  lr_backbone=2e-3),
           progress=lambda p: seen.append(p.losses["loss"]))
     assert len(seen) == 40
@@ -62,12 +62,12 @@ def test_a_few_steps_reduce_the_loss(kind):
 def test_backbone_is_trained_unless_frozen():
     model = tiny()
     before = {k: v.clone() for k, v in model.state_dict().items() if ".backbone." in k and "convolution" in k}
-    train(model, "detr", ShapesDataset(4), quick(max_steps=2))
+    train(model, ShapesDataset(4), quick(max_steps=2))
     after = model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # transformers alone would freeze it all
     frozen = tiny()
     before = {k: v.clone() for k, v in frozen.state_dict().items() if ".backbone." in k}
-    train(frozen, "detr", ShapesDataset(4), quick(max_steps=2, trainable="transformer"))
+    train(frozen, ShapesDataset(4), quick(max_steps=2, trainable="transformer"))
     assert all(torch.equal(before[k], frozen.state_dict()[k]) for k in before)
 
 
@@ -78,7 +78,7 @@ def test_backbone_is_trained_unless_frozen():
 def test_trainable_parts(trainable, changes, stays):
     model = tiny()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train(model, "detr", ShapesDataset(4), quick(max_steps=2, trainable=trainable))
+    train(model, ShapesDataset(4), quick(max_steps=2, trainable=trainable))
     moved = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
     for part in changes:
         assert any(part in k for k in moved), part
@@ -87,8 +87,8 @@ def test_trainable_parts(trainable, changes, stays):
 
 
 def test_unknown_trainable_part_is_refused():
-    with pytest.raises(ValueError, match="trainable must be one of"):
-        train(tiny(), "detr", ShapesDataset(2), quick(max_steps=1, trainable="everything"))
+    with pytest.raises(ValueError, match="must be one of all, transformer"):
+        train(tiny(), ShapesDataset(2), quick(max_steps=1, trainable="everything"))
 
 
 def test_time_budget_pauses_and_chunks_equal_one_run(tmp_path):
@@ -97,11 +97,11 @@ def test_time_budget_pauses_and_chunks_equal_one_run(tmp_path):
     dataset = ShapesDataset(8, first_seed=30)
     augmented = dict(max_steps=7, hflip=0.5, scale_jitter=(0.75, 1.0), checkpoint_dir=str(tmp_path / "chunks"))
     straight = tiny()
-    train(straight, "detr", dataset, quick(**{**augmented, "checkpoint_dir": None}))
+    train(straight, dataset, quick(**{**augmented, "checkpoint_dir": None}))
     ticks = iter(range(10_000))
     chunked, statuses = tiny(), []
     while not statuses or statuses[-1] == "paused":
-        statuses.append(train(chunked, "detr", dataset, quick(**augmented), budget_s=2.5,
+        statuses.append(train(chunked, dataset, quick(**augmented), budget_s=2.5,
                               clock=lambda: float(next(ticks))).status)
         chunked = tiny(seed=len(statuses))  # a fresh process: everything must come from the checkpoint
     assert statuses[:-1] == ["paused"] * (len(statuses) - 1) and statuses[-1] == "finished" and len(statuses) >= 3
@@ -109,13 +109,13 @@ def test_time_budget_pauses_and_chunks_equal_one_run(tmp_path):
     for key, value in straight.state_dict().items():
         assert torch.allclose(value, chunked.state_dict()[key], atol=1e-6), key
     with pytest.raises(ValueError, match="needs a checkpoint_dir"):
-        train(tiny(), "detr", dataset, quick(), budget_s=10)
+        train(tiny(), dataset, quick(), budget_s=10)
 
 
 def test_resume_after_a_crash_continues_at_the_right_step(tmp_path):
     dataset = ShapesDataset(8, first_seed=20)
     straight = tiny()
-    train(straight, "detr", dataset, quick(max_steps=6))
+    train(straight, dataset, quick(max_steps=6))
 
     class Crash(Exception):
         pass
@@ -126,7 +126,7 @@ def test_resume_after_a_crash_continues_at_the_right_step(tmp_path):
 
     crashed = tiny()
     with pytest.raises(Crash):
-        train(crashed, "detr", dataset, quick(max_steps=6, checkpoint_dir=str(tmp_path), checkpoint_every=3),
+        train(crashed, dataset, quick(max_steps=6, checkpoint_dir=str(tmp_path), checkpoint_every=3),
               progress=crash_at_5)
     assert latest_checkpoint(tmp_path).name == "checkpoint-0000003"
     # a half-written checkpoint (no state.json) and a temporary directory are ignored
@@ -136,7 +136,7 @@ def test_resume_after_a_crash_continues_at_the_right_step(tmp_path):
 
     resumed = tiny(seed=123)  # different initial weights: everything must come from the checkpoint
     steps = []
-    result = train(resumed, "detr", dataset, quick(max_steps=6, checkpoint_dir=str(tmp_path), checkpoint_every=3),
+    result = train(resumed, dataset, quick(max_steps=6, checkpoint_dir=str(tmp_path), checkpoint_every=3),
                    progress=lambda p: steps.append(p.step))
     assert steps == [4, 5, 6] and result.step == 6
     for key, value in straight.state_dict().items():
@@ -161,7 +161,7 @@ def _poison(model, steps_to_poison):
 def test_one_nan_step_is_skipped():
     model = tiny()
     _poison(model, {3})
-    result = train(model, "detr", ShapesDataset(8), quick(max_steps=6))
+    result = train(model, ShapesDataset(8), quick(max_steps=6))
     assert result.skipped_steps == [2] and result.status == "finished" and result.step == 6
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -170,7 +170,7 @@ def test_repeated_nan_stops_with_the_step_named():
     model = tiny()
     _poison(model, set(range(2, 100)))
     with pytest.raises(NonFiniteLossError, match="3 steps in a row, the last at step 3"):
-        train(model, "detr", ShapesDataset(8), quick(max_steps=6))
+        train(model, ShapesDataset(8), quick(max_steps=6))
 
 
 def test_cancel_stops_within_one_step(tmp_path):
@@ -182,7 +182,7 @@ def test_cancel_stops_within_one_step(tmp_path):
         if p.step == 2:
             cancel.set()
 
-    result = train(tiny(), "detr", ShapesDataset(8), quick(max_steps=6, checkpoint_dir=str(tmp_path)),
+    result = train(tiny(), ShapesDataset(8), quick(max_steps=6, checkpoint_dir=str(tmp_path)),
                    progress=on_progress, cancel=cancel)
     assert result.status == "cancelled" and result.step == 2 and steps == [1, 2]
     assert latest_checkpoint(tmp_path) is None  # nothing half-done was written

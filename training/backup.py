@@ -86,7 +86,8 @@ def upload(out_dir: Path, repo: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from datasets.review import DEFAULT_DATASET, ReviewError, ReviewStore, configure_for_dataset
+    from datasets.database import configure_for_dataset
+    from datasets.review import DEFAULT_DATASET, ReviewError, ReviewStore
 
     parser = argparse.ArgumentParser(prog="python -m training.backup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="a new (or empty) folder for the backup")

@@ -26,23 +26,47 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 ARMS = {
-    "baseline": {"hybrid": "off"},
-    "atss": {"hybrid": "co-detr", "co_detr_lambda1": 0.0},
-    "queries": {"hybrid": "co-detr", "co_detr_lambda2": 0.0},
-    "co-detr": {"hybrid": "co-detr"},
-    "h-detr": {"hybrid": "h-detr"},
+    "baseline": {"method": "off"},
+    "atss": {"method": "co-detr", "co_detr_lambda1": 0.0},
+    "queries": {"method": "co-detr", "co_detr_lambda2": 0.0},
+    "co-detr": {"method": "co-detr"},
+    "h-detr": {"method": "h-detr"},
 }
 MODELS = ("detr", "conditional_detr")
 EVAL_FIRST_SEED = 5_000_000  # held-out images, used nowhere else
 # Anchors for the shapes domain: objects are 10-45% of the shorter side, 13-58 px at 128 px, so
 # levels 8-64 with anchors of 4 strides (32-256 px) rather than ATSS's 8 strides (64-1024 px).
 STRIDES, ANCHOR_SCALE = (8, 16, 32, 64), 4.0
+
+
+@dataclass
+class Experiment:
+    """What the experiment runs: models, arms and seeds, and the one schedule they share."""
+
+    models: Sequence[str] = field(default=MODELS, metadata={"choices": MODELS})
+    arms: Sequence[str] = field(default=tuple(ARMS), metadata={"choices": tuple(ARMS)})
+    seeds: Sequence[int] = (0, 1)
+    epochs: int = 10
+    images: int = field(default=800, metadata={"help": "training images (one epoch)"})
+    eval_images: int = 60
+    batch_size: int = 8
+    lr: float = 2e-4
+    init: str = field(default="encoder", metadata={"choices": ("backbone", "encoder"),
+                                                    "help": "what starts from the bundled model; the rest is random"})
+    trainable: str = field(default="transformer",
+                           metadata={"help": "core.train's trainable (transformer: backbone frozen)"})
+    shortest_edge: int = field(default=128, metadata={"help": "training and evaluation resolution"})
+    threads: int = field(default=1, metadata={"help": "torch threads per run"})
+    parallel: int = field(default=2, metadata={"help": "runs at a time"})
+    out: Path = Path("data/converge")
 
 
 def small_model(kind: str, labels: list[str], seed: int, init: str = "encoder"):
@@ -69,8 +93,10 @@ def small_model(kind: str, labels: list[str], seed: int, init: str = "encoder"):
     return model
 
 
-def run_one(kind: str, arm: str, seed: int, args: argparse.Namespace) -> dict:
+def run_one(kind: str, arm: str, seed: int, args: Experiment) -> dict:
     from core.evaluate import evaluate_model
+    from core.family import family_of
+    from core.hybrid import HybridConfig, build_branch
     from core.loading import Detector, load_detector
     from core.train import TrainConfig, train
     from datasets.shapes import ShapesSpec
@@ -87,10 +113,10 @@ def run_one(kind: str, arm: str, seed: int, args: argparse.Namespace) -> dict:
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_backbone=args.lr / 10, weight_decay=1e-4,
         grad_clip=0.1, schedule="constant", warmup_steps=0, freeze_stem=True, trainable=args.trainable, shortest_edge=args.shortest_edge,
-        longest_edge=args.shortest_edge * 4 // 3, hflip=0.5, seed=seed, log_every=10**9, co_detr_strides=STRIDES,
-        co_detr_anchor_scale=ANCHOR_SCALE, **ARMS[arm])
-    detector = Detector(model, spec.labels, kind, "softmax" if kind == "detr" else "sigmoid", f"{kind}-{arm}",
-                        Path("."), preprocess)
+        longest_edge=args.shortest_edge * 4 // 3, hflip=0.5, seed=seed, log_every=10**9)
+    hybrid = HybridConfig(co_detr_strides=STRIDES, anchor_scale=ANCHOR_SCALE, **ARMS[arm])
+    branch = build_branch(model, len(spec.labels), hybrid, config.trainable, seed=seed)
+    detector = Detector(model, spec.labels, family_of(model), f"{kind}-{arm}", Path("."), preprocess)
     curve, evaluating = [], 0.0
 
     def epoch_end(epoch: int) -> bool:
@@ -104,7 +130,7 @@ def run_one(kind: str, arm: str, seed: int, args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    result = train(model, kind, dataset, config, preprocess, spec.labels, epoch_end=epoch_end)
+    result = train(model, dataset, config, preprocess, spec.labels, branch=branch, epoch_end=epoch_end)
     training_s = time.perf_counter() - started - evaluating
     peak = (torch.cuda.max_memory_allocated() if cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -149,27 +175,16 @@ def table(runs: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from core.flags import add_flags, from_flags, to_argv
+
     parser = argparse.ArgumentParser(prog="python -m training.converge", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--images", type=int, default=800, help="training images (one epoch)")
-    parser.add_argument("--eval-images", type=int, default=60)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--init", choices=("backbone", "encoder"), default="encoder",
-                        help="what starts from the bundled model; the rest is random")
-    parser.add_argument("--trainable", default="transformer", help="core.train's trainable (transformer: backbone frozen)")
-    parser.add_argument("--shortest-edge", type=int, default=128, help="training and evaluation resolution")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
-    parser.add_argument("--out", type=Path, default=Path("data/converge"))
+    add_flags(parser, Experiment)
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "ARM", "SEED"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    namespace = parser.parse_args(argv)
+    args = from_flags(Experiment, namespace)
     torch.set_num_threads(args.threads)
-    if args.one:
-        kind, arm, seed = args.one[0], args.one[1], int(args.one[2])
+    if namespace.one:
+        kind, arm, seed = namespace.one[0], namespace.one[1], int(namespace.one[2])
         record = run_one(kind, arm, seed, args)
         path = args.out / "runs" / f"{kind}-{arm}-{seed}.json"
         path.with_suffix(".tmp").write_text(json.dumps(record))
@@ -181,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     if not (args.out / "val" / "annotations.json").is_file():
         write_coco(args.out / "val", args.eval_images, first_seed=EVAL_FIRST_SEED)
-    settings = ["--epochs", str(args.epochs), "--images", str(args.images), "--batch-size", str(args.batch_size),
-                "--lr", str(args.lr), "--shortest-edge", str(args.shortest_edge), "--init", args.init, "--trainable", args.trainable, "--threads", str(args.threads), "--out", str(args.out)]
+    settings = to_argv(args)
     # seed-major, so an interrupted experiment has every arm of the first seed
     todo = [(k, a, s) for s in args.seeds for k in args.models for a in args.arms
             if not (args.out / "runs" / f"{k}-{a}-{s}.json").is_file()]
@@ -197,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         for process in [p for p in running if p.poll() is not None]:
             running.remove(process)
             if process.returncode:
-                failed.append(" ".join(process.args[3:6]))
+                failed.append(" ".join(process.args[4:7]))
     runs = [json.loads(p.read_text()) for p in sorted((args.out / "runs").glob("*.json"))]
     runs = [r for r in runs if r["model"] in args.models and r["arm"] in args.arms and r["seed"] in args.seeds]
     text = table(runs)

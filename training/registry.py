@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from core.loading import VERSION_PREFIX as PREFIX
+from core.loading import ModelLoadError
+
 VERSION = re.compile(r"^v(\d{4,})$")
-PREFIX = "version:"
 
 
 class RegistryError(ValueError):
@@ -71,6 +73,14 @@ class Registry:
                 return version
         known = ", ".join(v.id for v in self.versions()) or "none yet"
         raise RegistryError(f"no model version {wanted!r} in {self.root} (versions: {known}).")
+
+    def version_dir(self, name: str) -> Path:
+        """The folder of version ``name``, for `core.loading.load_detector`'s ``version_dir``;
+        an unknown version is a `ModelLoadError` like any other model that cannot be loaded."""
+        try:
+            return self.get(name).path
+        except RegistryError as error:
+            raise ModelLoadError(str(error)) from None
 
     def add(self, write, info: dict) -> ModelVersion:
         """Register a new version: ``write(directory)`` saves the model files into an empty

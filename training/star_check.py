@@ -30,7 +30,10 @@ from core.evaluate import Metrics, evaluate_model
 from core.inference import predict
 from core.loading import load_detector
 from datasets.shapes import ShapesSpec, generate_sample, write_coco
-from training.finetune import FinetuneConfig, FinetuneResult, add_config_flags, config_from_args, finetune
+from core.flags import add_flags, from_flags
+from training.config import FinetuneConfig
+from training.finetune import finetune
+from training.job import FinetuneResult
 
 REVIEW_FIRST_SEED, HELD_OUT_FIRST_SEED = 2_000_000, 3_000_000
 
@@ -80,12 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("data/star_check"))
     parser.add_argument("--data-dir", type=Path, default=None, help="where FiftyOne's database lives "
                         "(default: WORK/data); FIFTYONE_DATABASE_URI overrides")
-    add_config_flags(parser)
+    add_flags(parser, FinetuneConfig)
     args = parser.parse_args(argv)
-    from datasets.review import configure_fiftyone
+    from datasets.database import configure_fiftyone
 
     configure_fiftyone(args.data_dir or args.work / "data")
-    config = config_from_args(args)
+    config = from_flags(FinetuneConfig, args)
     started = time.perf_counter()
     result, before, after = run(args.reviewed, args.held_out, args.work, config)
     minutes = (time.perf_counter() - started) / 60

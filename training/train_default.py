@@ -18,12 +18,14 @@ import logging
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetection, ResNetConfig
 
+from core.flags import add_flags, from_flags
 from core.loading import BUNDLED_DIR, DEFAULT_IMAGE_MEAN, DEFAULT_IMAGE_STD
 from core.train import Progress, TrainConfig, train
 from datasets.shapes import ShapesSpec, generate_sample, to_target
@@ -71,16 +73,23 @@ def write_preprocessor_config(directory: Path) -> None:
     }, indent=1))
 
 
+@dataclass
+class Recipe:
+    """The bundled model's run: how long, on what, where it keeps its checkpoints."""
+
+    steps: int = 4000
+    batch_size: int = 16
+    images: int = field(default=6000, metadata={"help": "training images (generated once)"})
+    out: Path = BUNDLED_DIR
+    work: Path = field(default=Path("data/train_default"), metadata={"help": "checkpoints, resumable"})
+    seed: int = 0
+    threads: int | None = None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.train_default", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--images", type=int, default=6000, help="training images (generated once)")
-    parser.add_argument("--out", type=Path, default=BUNDLED_DIR)
-    parser.add_argument("--work", type=Path, default=Path("data/train_default"), help="checkpoints, resumable")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
+    add_flags(parser, Recipe)
+    args = from_flags(Recipe, parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"step {p.step}/{p.total_steps} {parts} lr={p.lr:.2e} {p.images_per_s:.1f} img/s "
               f"eta {p.eta_s / 60:.0f} min", flush=True)
 
-    result = train(model, "conditional_detr", dataset, config, labels=spec.labels, progress=report)
+    result = train(model, dataset, config, labels=spec.labels, progress=report)
     model.config.auxiliary_loss = False
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")

@@ -1,0 +1,40 @@
+"""The fine-tune's settings: the training loop's own config inside, plus what only a fine-tune has.
+
+`FinetuneConfig` *contains* a `core.train.TrainConfig` (with fine-tuning defaults) and a
+`core.hybrid.HybridConfig`; the command line's flags are generated from all three
+(`core.flags`), so ``--lr`` is ``FinetuneConfig.train.lr`` and ``--hybrid`` is
+``FinetuneConfig.hybrid.method``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.hybrid import HybridConfig
+from core.train import TrainConfig
+
+
+def finetune_training() -> TrainConfig:
+    """The training settings of a fine-tune on tens to hundreds of reviewed images (README: star check).
+
+    Only the class and box heads train by default: with tens of reviewed images they learned a new
+    class best and forgot least. ``epochs`` is an upper bound; early stopping may end sooner.
+    """
+    return TrainConfig(epochs=150, batch_size=8, trainable="heads", lr=3e-3, lr_backbone=2e-5, schedule="cosine",
+                       hflip=0.5, scale_jitter=(0.875, 1.0, 1.125), log_every=5)
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning settings; defaults chosen for tens to hundreds of reviewed images (see README)."""
+
+    train: TrainConfig = field(default_factory=finetune_training)
+    # One-to-many training branches, dropped when training ends: not with trainable "heads".
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
+    patience: int = 40  # epochs without a better validation AP before stopping
+    val_fraction: float = 0.2
+
+
+# Learning rates that worked for each choice of what trains (star check, README); the Train tab
+# proposes them when the choice changes.
+SUGGESTED_LR = {"heads": 3e-3, "decoder": 5e-4, "transformer": 2e-4, "all": 2e-4}

@@ -1,0 +1,304 @@
+"""A fine-tune as a job in a folder, in three steps that may run in different processes:
+
+- `create_job` (where the database is, after `training.finetune.prepare` read the reviewed
+  samples and split them): scores the base model on the validation part and writes ``job.json``;
+- `run_chunk` (the GPU part; on a ZeroGPU Space inside ``@spaces.GPU``): trains from the job's
+  last checkpoint until it ends or a time budget is used up; touches only the job folder;
+- `finish`: scores the best epoch and writes it as a registry version (or a folder).
+
+`continue_job` runs the chunks to the end and finishes; after a restart it picks an interrupted
+job up from its last checkpoint.
+
+Job folder::
+
+    job.json          base model, labels, settings, the samples (paths and pixel boxes), history, status
+    best.safetensors  the weights of the best validation epoch so far
+    checkpoints/      the training loop's resumable checkpoints
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import supervision as sv
+import torch
+from safetensors.torch import load_file, save_file
+
+from core.boxes import box_xyxy_to_cxcywhn
+from core.evaluate import Metrics, evaluate_images
+from core.flags import from_dict
+from core.heads import extend_head
+from core.hybrid import build_branch
+from core.images import load_image
+from core.loading import Detector, load_detector_or_bundled
+from core.train import Progress, train
+from datasets.review import ReviewedSample
+from training.config import FinetuneConfig
+from training.registry import Registry
+from training.split import RULE
+
+JOB_FILE, BEST_FILE, CHECKPOINTS = "job.json", "best.safetensors", "checkpoints"
+DONE = ("finished", "stopped_early")
+
+
+class FinetuneError(ValueError):
+    """Fine-tuning cannot start (too few reviewed samples, bad labels); the message says what to do."""
+
+
+@dataclass
+class FinetuneResult:
+    status: str  # "finished", "stopped_early", "cancelled"
+    labels: list[str]
+    before: Metrics | None
+    after: Metrics | None
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)  # per epoch: epoch, val AP
+    version: str | None = None  # the registry version, or None when cancelled / written to a folder
+    out_dir: Path | None = None
+    train_ids: list[str] = field(default_factory=list)
+    val_ids: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class ReviewedDataset(torch.utils.data.Dataset):
+    """``(image, target)`` pairs in the transformers contract; images decoded on first use and kept."""
+
+    def __init__(self, samples: list[ReviewedSample], labels: list[str]):
+        self.samples, self.labels = samples, labels
+        self._images: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        if index not in self._images:
+            self._images[index] = np.asarray(load_image(sample.filepath))
+        boxes = box_xyxy_to_cxcywhn(torch.from_numpy(np.asarray(sample.truth.xyxy, dtype=np.float32)), sample.width,
+                                    sample.height)
+        classes = torch.tensor([self.labels.index(name) for name in sample.truth.data["class_name"]], dtype=torch.long)
+        return self._images[index], {"class_labels": classes, "boxes": boxes.reshape(-1, 4)}
+
+
+def write_json(path: Path, document: dict) -> None:
+    """Write ``document`` atomically: a reader sees the old file or the new one, never half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=1))
+    os.replace(tmp, path)
+
+
+def read_job(work_dir: Path) -> dict:
+    return json.loads((Path(work_dir) / JOB_FILE).read_text())
+
+
+def _record(sample: ReviewedSample) -> dict:
+    return {"sample_id": sample.sample_id, "filepath": sample.filepath, "boxes": sample.truth.xyxy.tolist(),
+            "names": [str(n) for n in sample.truth.data["class_name"]], "width": sample.width, "height": sample.height}
+
+
+def _samples(records: list[dict]) -> list[ReviewedSample]:
+    return [ReviewedSample(r["sample_id"], r["filepath"], r["width"], r["height"],
+                           sv.Detections(xyxy=np.asarray(r["boxes"], dtype=np.float32).reshape(-1, 4),
+                                         data={"class_name": np.array(r["names"], dtype=object)}))
+            for r in records]
+
+
+def _evaluate(detector: Detector, samples: list[ReviewedSample], labels: list[str], size: int) -> Metrics:
+    return evaluate_images(detector, [s.filepath for s in samples], [s.truth for s in samples], labels, size)
+
+
+def job_config(job: dict) -> FinetuneConfig:
+    """The job's settings, as `create_job` wrote them."""
+    return from_dict(FinetuneConfig, job["config"])
+
+
+def create_job(samples: list[ReviewedSample], val_ids: set[str], base: Detector, base_name: str, dataset: str,
+            config: FinetuneConfig, work_dir: Path) -> dict:
+    """Start a job in ``work_dir`` (emptied first) from ``samples`` split by ``val_ids``: score the
+    ``base`` model on the validation part and write ``job.json``."""
+    train_set = [s for s in samples if s.sample_id not in val_ids]
+    val_set = [s for s in samples if s.sample_id in val_ids]
+    reviewed_names = [str(name) for s in samples for name in s.truth.data["class_name"]]
+    labels = list(base.labels) + [name for name in dict.fromkeys(reviewed_names) if name not in base.labels]
+    size, longest = config.train.sizes(base.preprocess)
+    base.model.eval()
+    before = _evaluate(base, val_set, labels, size)
+    work_dir = Path(work_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    job = {
+        "base": base_name, "base_dir": str(base.source), "kind": base.kind, "dataset": dataset, "labels": labels,
+        "size": size, "longest": longest,
+        "config": asdict(config), "before": asdict(before), "history": [], "best": {"ap": -1.0, "epoch": -1},
+        "status": "prepared", "steps": 0, "seconds": 0.0,
+        "train": [_record(s) for s in train_set], "val": [_record(s) for s in val_set],
+    }
+    write_json(work_dir / JOB_FILE, job)
+    return job
+
+
+def _job_detector(job: dict) -> Detector:
+    """The job's base model with its head grown to the job's labels (new rows seeded alike every time)."""
+    detector = load_detector_or_bundled(job["base_dir"])
+    torch.manual_seed(job_config(job).train.seed)
+    try:
+        extend_head(detector.model, job["labels"])
+    except ValueError as error:
+        raise FinetuneError(str(error)) from None
+    detector.labels = job["labels"]
+    return detector
+
+
+def run_chunk(
+    work_dir: Path,
+    progress: Callable[[Progress], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    cancel: threading.Event | None = None,
+    budget_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    """Train the job in ``work_dir`` from its last checkpoint until it ends or ``budget_s`` is used up.
+
+    Returns the status: ``"paused"`` (call again to continue: the chunks together give exactly the
+    result of one run), ``"finished"``, ``"stopped_early"`` or ``"cancelled"``. On a ZeroGPU Space
+    this is the function that runs inside ``@spaces.GPU``; it writes only files under ``work_dir``.
+    """
+    started = time.perf_counter()
+    work_dir = Path(work_dir)
+    job = read_job(work_dir)
+    if job["status"] in DONE:
+        return job["status"]
+    config = job_config(job)
+    labels, size = job["labels"], job["size"]
+    detector = _job_detector(job)
+    model = detector.model
+    train_set, val_set = _samples(job["train"]), _samples(job["val"])
+    branch = build_branch(model, len(labels), config.hybrid, config.train.trainable, config.train.one_to_many,
+                          seed=config.train.seed)
+    train_config = replace(config.train, shortest_edge=size, longest_edge=job["longest"],
+                           checkpoint_dir=str(work_dir / CHECKPOINTS), resume=True)
+
+    def validate(epoch: int) -> bool:
+        metrics = _evaluate(detector, val_set, labels, size)
+        # a chunk that ended between an epoch's validation and the next checkpoint repeats that epoch
+        job["history"] = [h for h in job["history"] if h["epoch"] != epoch] + [{"epoch": epoch, "val_AP": metrics.AP}]
+        if on_epoch is not None:
+            on_epoch(job["history"][-1])
+        if metrics.AP > job["best"]["ap"]:
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, work_dir / BEST_FILE)
+            job["best"] = {"ap": metrics.AP, "epoch": epoch}
+        write_json(work_dir / JOB_FILE, job)
+        return epoch - job["best"]["epoch"] >= config.patience  # no better epoch for `patience` epochs: stop
+
+    result = train(model, ReviewedDataset(train_set, labels), train_config, detector.preprocess, labels, branch=branch,
+                   progress=progress, cancel=cancel, epoch_end=validate, budget_s=budget_s, clock=clock)
+    model.eval()
+    if result.status in DONE and (
+            not job["history"] or job["history"][-1]["epoch"] != result.epoch or job["best"]["epoch"] < 0):
+        validate(result.epoch)  # a run capped by max_steps ends mid-epoch: score where it stopped
+    job["steps"] = result.step
+    job["seconds"] += time.perf_counter() - started
+    job["status"] = result.status
+    write_json(work_dir / JOB_FILE, job)
+    return result.status
+
+
+def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | None = None) -> FinetuneResult:
+    """Score the job's best epoch and write it as a new registry version (or to ``out_dir``)."""
+    work_dir = Path(work_dir)
+    job = read_job(work_dir)
+    if job["status"] == "registered":
+        raise FinetuneError(f"the fine-tune in {work_dir} was already written as {job.get('version')}.")
+    if job["status"] not in DONE:
+        raise FinetuneError(f"the fine-tune in {work_dir} has not finished (status {job['status']!r}); "
+                            "continue it first.")
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise FinetuneError(f"{out_dir} is not empty; choose a new folder so nothing is overwritten.")
+    config, labels = job_config(job), job["labels"]
+    detector = _job_detector(job)
+    model = detector.model
+    model.load_state_dict(load_file(work_dir / BEST_FILE))
+    model.config.auxiliary_loss = False
+    model.eval()
+    train_set, val_set = _samples(job["train"]), _samples(job["val"])
+    before = Metrics(**job["before"])
+    after = _evaluate(detector, val_set, labels, job["size"])
+    outcome = FinetuneResult(status=job["status"], labels=labels, before=before, after=after,
+                             best_epoch=job["best"]["epoch"], history=job["history"],
+                             train_ids=[s.sample_id for s in train_set], val_ids=[s.sample_id for s in val_set],
+                             seconds=job["seconds"])
+    info = {
+        "parent": job["base"], "labels": labels, "kind": job["kind"], "dataset": job["dataset"], "status": job["status"],
+        "steps": job["steps"], "best_epoch": job["best"]["epoch"], "seconds": round(job["seconds"], 1),
+        "settings": asdict(config), "history": job["history"],
+        "metrics": {"before": asdict(before), "after": asdict(after)},
+        "split": {"rule": RULE, "val_fraction": config.val_fraction},
+        "train_ids": outcome.train_ids, "val_ids": outcome.val_ids,
+    }
+
+    def write(directory: Path) -> None:
+        model.save_pretrained(directory)
+        processor = Path(job["base_dir"]) / "preprocessor_config.json"
+        if processor.is_file():
+            (directory / "preprocessor_config.json").write_text(processor.read_text())
+
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write(out_dir)
+        (out_dir / "version.json").write_text(json.dumps(info, indent=1))
+        outcome.out_dir = out_dir
+    else:
+        outcome.version = registry.add(write, info).name
+    job["status"], job["version"] = "registered", outcome.version or str(out_dir)
+    write_json(work_dir / JOB_FILE, job)
+    shutil.rmtree(work_dir / CHECKPOINTS, ignore_errors=True)  # the version holds the weights now
+    return outcome
+
+
+def unfinished_job(work_dir: Path) -> dict | None:
+    """The job in ``work_dir`` if one was started, not cancelled, and not yet written as a version
+    (training interrupted, or interrupted while writing the version)."""
+    path = Path(work_dir) / JOB_FILE
+    if not path.is_file():
+        return None
+    job = json.loads(path.read_text())
+    return None if job["status"] in ("registered", "cancelled") else job
+
+
+def continue_job(
+    work_dir: Path,
+    registry: Registry | None = None,
+    out_dir: Path | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    cancel: threading.Event | None = None,
+    chunk_s: float | None = None,
+    run: Callable[..., str] = run_chunk,
+    clock: Callable[[], float] = time.monotonic,
+) -> FinetuneResult:
+    """Run the prepared (or interrupted) job in ``work_dir`` chunk by chunk to the end, then `finish`.
+
+    With ``chunk_s`` each chunk trains at most that long (a ZeroGPU call's slice) and the next
+    continues from its checkpoint; ``run`` is the chunk runner (the Train tab passes `run_chunk`
+    wrapped in ``spaces.GPU``). After a restart this picks the job up from its last checkpoint.
+    """
+    status = "paused"
+    while status == "paused":
+        status = run(work_dir, progress=progress, on_epoch=on_epoch, cancel=cancel, budget_s=chunk_s, clock=clock)
+    if status == "cancelled":
+        job = read_job(work_dir)
+        return FinetuneResult(status="cancelled", labels=job["labels"], before=Metrics(**job["before"]),
+                              after=None, best_epoch=job["best"]["epoch"], history=job["history"],
+                              train_ids=[r["sample_id"] for r in job["train"]],
+                              val_ids=[r["sample_id"] for r in job["val"]], seconds=job["seconds"])
+    return finish(work_dir, registry, out_dir)
