@@ -1,1 +1,3 @@
-"""The Gradio front end. Handlers are plain functions (see `app.detect`); `app.ui` wires them."""
+"""The Gradio front end. `app.config` holds the settings, `app.state` the server's state; the tab
+handlers (`app.detect`, `app.queries`, `app.review`, `app.train`) are plain functions taking the
+state first, and `app.ui` binds and wires them."""

@@ -25,7 +25,8 @@ HUB_MODELS = ("facebook/detr-resnet-50", "microsoft/conditional-detr-resnet-50")
 
 
 def _setting(default, env: str, help: str | None = None, flag: bool = True):
-    metadata = {"env": env, **({"help": help} if help else {}), **({} if flag else {"flag": False})}
+    text = f"{help}; env {env}" if help else f"env {env}"
+    metadata = {"env": env, "help": text, **({} if flag else {"flag": False})}
     return field(default=default, metadata=metadata)
 
 

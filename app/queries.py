@@ -7,9 +7,7 @@ A handler returns a cache key that the page (or a `gradio_client` script) passes
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,7 +25,6 @@ if TYPE_CHECKING:
     from app.state import AppState
 
 QUERY_HEADERS = ["query", "label", "score", "no-object", "x1", "y1", "x2", "y2", "passed"]
-CACHE_SIZE = 12
 MEAN_HEADS = "mean"
 
 
@@ -38,33 +35,6 @@ class Inspected:
     model_name: str
     model_version: str
     seconds: float
-
-
-class QueryCache:
-    """The last ``size`` inspected (image, model, size) combinations, least recently used out."""
-
-    def __init__(self, size: int = CACHE_SIZE):
-        self.size = size
-        self._lock = threading.Lock()
-        self._items: OrderedDict[str, Inspected] = OrderedDict()
-
-    def remember(self, key: str, item: Inspected) -> None:
-        with self._lock:
-            self._items[key] = item
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def find(self, key: str) -> Inspected | None:
-        with self._lock:
-            return self._items.get(key or "")
-
-    def get(self, key: str) -> Inspected:
-        """The cached outputs for ``key``; a clear error when they were evicted or never made."""
-        item = self.find(key)
-        if item is None:
-            raise gr.Error("These query outputs are no longer cached; press 'Inspect queries' again.")
-        return item
 
 
 def run_queries(state: AppState, image, model_name: str, size: int | None, threshold: float):

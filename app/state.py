@@ -8,18 +8,95 @@ Tests build a state of their own instead of patching module globals.
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
 from app.config import HUB_MODELS, AppConfig
 from app.models import ModelCache, model_choices
-from app.queries import QueryCache
-from app.train import JobSlot
 from datasets.labels import ReviewError
 from datasets.review import ReviewStore
 from training.registry import Registry
+
+
+class QueryCache:
+    """The Queries tab's outputs of the last ``size`` (image, model, size) combinations (`app.queries.Inspected`),
+    least recently used out."""
+
+    def __init__(self, size: int = 12):
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, Any] = OrderedDict()
+
+    def remember(self, key: str, item: Any) -> None:
+        with self._lock:
+            self._items[key] = item
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def find(self, key: str) -> Any | None:
+        with self._lock:
+            return self._items.get(key or "")
+
+    def get(self, key: str) -> Any:
+        """The cached outputs for ``key``; a clear error when they were evicted or never made."""
+        item = self.find(key)
+        if item is None:
+            raise gr.Error("These query outputs are no longer cached; press 'Inspect queries' again.")
+        return item
+
+
+@dataclass
+class Job:
+    started: float
+    base: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    events: queue.Queue = field(default_factory=queue.Queue)
+
+
+class JobSlot:
+    """The server's one fine-tune job: `start` runs it in a worker thread, or refuses while one runs."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.current: Job | None = None
+
+    def start(self, base: str, produce: Callable[[Job], object]) -> Job:
+        """Run ``produce(job)`` in a worker thread; its result or error arrives on ``job.events``."""
+        with self._lock:
+            if self.current is not None:
+                minutes = (time.time() - self.current.started) / 60
+                raise gr.Error(f"A fine-tune of {self.current.base} is already running ({minutes:.0f} min so far); "
+                               "wait for it or cancel it.")
+            job = self.current = Job(time.time(), base)
+
+        def work():
+            try:
+                job.events.put(("done", produce(job)))
+            except Exception as error:  # reported to the page; the registry is unchanged
+                job.events.put(("error", error))
+            finally:
+                with self._lock:
+                    self.current = None
+
+        threading.Thread(target=work, daemon=True).start()
+        return job
+
+    def cancel(self) -> bool:
+        """Ask the running job to stop before its next step; False when none runs."""
+        with self._lock:
+            if self.current is None:
+                return False
+            self.current.cancel.set()
+            return True
 
 
 class AppState:

@@ -8,12 +8,8 @@ training loop checks before every step.
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,54 +24,9 @@ from training.job import JOB_FILE, FinetuneError, continue_job, run_chunk, unfin
 from training.registry import RegistryError
 
 if TYPE_CHECKING:
-    from app.state import AppState
+    from app.state import AppState, Job
 
 VERSION_HEADERS = ["version", "parent", "created", "val AP before", "val AP after", "labels", "samples"]
-
-
-@dataclass
-class Job:
-    started: float
-    base: str
-    cancel: threading.Event = field(default_factory=threading.Event)
-    events: queue.Queue = field(default_factory=queue.Queue)
-
-
-class JobSlot:
-    """The server's one fine-tune job: `start` runs it in a worker thread, or refuses while one runs."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.current: Job | None = None
-
-    def start(self, base: str, produce: Callable[[Job], object]) -> Job:
-        """Run ``produce(job)`` in a worker thread; its result or error arrives on ``job.events``."""
-        with self._lock:
-            if self.current is not None:
-                minutes = (time.time() - self.current.started) / 60
-                raise gr.Error(f"A fine-tune of {self.current.base} is already running ({minutes:.0f} min so far); "
-                               "wait for it or cancel it.")
-            job = self.current = Job(time.time(), base)
-
-        def work():
-            try:
-                job.events.put(("done", produce(job)))
-            except Exception as error:  # reported to the page; the registry is unchanged
-                job.events.put(("error", error))
-            finally:
-                with self._lock:
-                    self.current = None
-
-        threading.Thread(target=work, daemon=True).start()
-        return job
-
-    def cancel(self) -> bool:
-        """Ask the running job to stop before its next step; False when none runs."""
-        with self._lock:
-            if self.current is None:
-                return False
-            self.current.cancel.set()
-            return True
 
 
 def training_summary(state: AppState) -> str:

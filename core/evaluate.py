@@ -26,6 +26,7 @@ import supervision as sv
 from transformers.utils import logging as transformers_logging
 
 from core.boxes import box_xyxy_to_xywh
+from core.flags import add_flags, from_flags
 from core.images import ImageError
 from core.inference import QueryOutputs, predict
 from core.loading import Detector, ModelLoadError, load_detector_or_bundled
@@ -157,15 +158,22 @@ def evaluate_images(detector: Detector, images: Sequence, truths: Sequence[sv.De
     return coco_metrics(document, results)
 
 
+@dataclass
+class EvaluateOptions:
+    model: str | None = field(default=None, metadata={"required": True,
+                              "help": "hub id, save_pretrained directory, or 'bundled'"})
+    data: str | None = field(default=None, metadata={"required": True,
+                             "help": "COCO directory (with annotations.json) or annotations file"})
+    size: int | None = field(default=None, metadata={"help": "shortest edge (none: the model's)"})
+    batch_size: int = 8
+    device: str | None = None
+    json: Path | None = field(default=None, metadata={"help": "also write the metrics to this file"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="hub id, save_pretrained directory, or 'bundled'")
-    parser.add_argument("--data", required=True, help="COCO directory (with annotations.json) or annotations file")
-    parser.add_argument("--size", type=int, default=None, help="shortest edge (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this file")
-    args = parser.parse_args(argv)
+    add_flags(parser, EvaluateOptions)
+    args = from_flags(EvaluateOptions, parser.parse_args(argv))
     transformers_logging.disable_progress_bar()
     try:
         detector = load_detector_or_bundled(args.model, args.device)

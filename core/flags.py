@@ -7,8 +7,8 @@
 A field that is itself a dataclass contributes its own fields as flags (``FinetuneConfig.train.lr``
 is ``--lr``), so a config that contains another is flagged without copying it. A field with
 ``metadata={"flag": False}`` is not a flag (run plumbing such as checkpoint folders);
-``metadata={"flag": "name"}`` renames it; ``"help"`` and ``"choices"`` in the metadata go to
-argparse. Types: ``int``, ``float``, ``str``, ``bool`` (a switch: ``--flag`` / ``--no-flag``; from
+``metadata={"flag": "name"}`` renames it; ``"help"``, ``"choices"`` and ``"required"`` in the
+metadata go to argparse (a required field still needs a default, e.g. None, for ``cls()``). Types: ``int``, ``float``, ``str``, ``bool`` (a switch: ``--flag`` / ``--no-flag``; from
 the environment true/false/yes/no/1/0), ``Path``,
 ``X | None`` ("none" for None) and sequences of those (several values, e.g.
 ``--scale-jitter 0.875 1 1.125``).
@@ -105,8 +105,11 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, defaults: Any = None) 
             parser.add_argument(flag, dest="__".join(path), action=argparse.BooleanOptionalAction, default=default,
                                 help=text)
             continue
+        if metadata.get("required"):
+            text = metadata.get("help", "")
         parser.add_argument(flag, dest="__".join(path), type=_parser_for(hint), default=default, help=text,
-                            choices=metadata.get("choices"), metavar=name.upper(), **({"nargs": "*"} if sequence else {}))
+                            choices=metadata.get("choices"), metavar=name.upper(), required=bool(metadata.get("required")),
+                            **({"nargs": "*"} if sequence else {}))
 
 
 def to_argv(config: Any) -> list[str]:

@@ -1,6 +1,6 @@
 """The review store: a persistent FiftyOne dataset of images, model predictions and reviewed truth.
 
-This module owns the schema (see README, "Where data is stored"). One sample per distinct image:
+This module owns the schema (see docs/data-storage.md). One sample per distinct image:
 
 | field | type | meaning |
 | --- | --- | --- |

@@ -1,1 +1,7 @@
-"""Fine-tuning and model versions (see DESIGN.md); `training.train_default` builds the bundled model."""
+"""Fine-tuning on reviewed data and model versions (see DESIGN.md).
+
+`training.finetune` reads the reviewed samples and runs the job of `training.job` (prepare, chunks,
+finish) with the settings of `training.config`; `training.registry` keeps the versions. Also the
+star check, the hybrid-training experiment (`training.converge`), backups, and the bundled model's
+recipe (`training.train_default`).
+"""

@@ -23,9 +23,12 @@ import json
 import shutil
 import sys
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from core.flags import add_flags, from_flags
+from datasets.review import DEFAULT_DATASET
 from training.registry import Registry
 
 
@@ -85,16 +88,21 @@ def upload(out_dir: Path, repo: str) -> str:
     return f"https://huggingface.co/datasets/{repo}/tree/main/{folder}"
 
 
+@dataclass
+class BackupOptions:
+    out: Path | None = field(default=None, metadata={"required": True, "help": "a new (or empty) folder for the backup"})
+    dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "the FiftyOne review dataset"})
+    data_dir: Path | None = field(default=None, metadata={"help": "app data directory (default as the app)"})
+    repo: str | None = field(default=None, metadata={"help": "also upload to this Hub dataset repository (USER/NAME)"})
+
+
 def main(argv: list[str] | None = None) -> int:
     from datasets.database import configure_for_dataset
-    from datasets.review import DEFAULT_DATASET, ReviewError, ReviewStore
+    from datasets.review import ReviewError, ReviewStore
 
     parser = argparse.ArgumentParser(prog="python -m training.backup", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="a new (or empty) folder for the backup")
-    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="the FiftyOne review dataset")
-    parser.add_argument("--data-dir", type=Path, default=None, help="app data directory (default as the app)")
-    parser.add_argument("--repo", default=None, help="also upload to this Hub dataset repository (USER/NAME)")
-    args = parser.parse_args(argv)
+    add_flags(parser, BackupOptions)
+    args = from_flags(BackupOptions, parser.parse_args(argv))
     try:
         data_dir = configure_for_dataset(args.dataset, args.data_dir)
     except ReviewError as error:

@@ -15,7 +15,7 @@ from core.train import TrainConfig
 
 
 def finetune_training() -> TrainConfig:
-    """The training settings of a fine-tune on tens to hundreds of reviewed images (README: star check).
+    """The training settings of a fine-tune on tens to hundreds of reviewed images (docs/fine-tuning.md: the star check).
 
     Only the class and box heads train by default: with tens of reviewed images they learned a new
     class best and forgot least. ``epochs`` is an upper bound; early stopping may end sooner.
@@ -26,7 +26,7 @@ def finetune_training() -> TrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Fine-tuning settings; defaults chosen for tens to hundreds of reviewed images (see README)."""
+    """Fine-tuning settings; defaults chosen for tens to hundreds of reviewed images (see docs/fine-tuning.md)."""
 
     train: TrainConfig = field(default_factory=finetune_training)
     # One-to-many training branches, dropped when training ends: not with trainable "heads".
@@ -35,6 +35,6 @@ class FinetuneConfig:
     val_fraction: float = 0.2
 
 
-# Learning rates that worked for each choice of what trains (star check, README); the Train tab
+# Learning rates that worked for each choice of what trains (star check, docs/fine-tuning.md); the Train tab
 # proposes them when the choice changes.
 SUGGESTED_LR = {"heads": 3e-3, "decoder": 5e-4, "transformer": 2e-4, "all": 2e-4}

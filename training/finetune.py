@@ -25,10 +25,8 @@ import contextlib
 import logging
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from core.flags import add_flags, from_flags
 from core.hybrid import hybrid_setting_problem
@@ -37,7 +35,7 @@ from core.train import Progress, trainable_problem
 from datasets.labels import ReviewError
 from datasets.review import reviewed_samples
 from training.config import FinetuneConfig
-from training.job import FinetuneError, FinetuneResult, continue_job, create_job, run_chunk
+from training.job import FinetuneError, FinetuneResult, continue_job, create_job
 from training.registry import Registry
 from training.split import validation_ids
 
@@ -75,27 +73,15 @@ def prepare(view, base: str, config: FinetuneConfig, work_dir: Path, registry: R
     return create_job(samples, val_ids, detector, base, name, config, Path(work_dir))
 
 
-def finetune(
-    view,
-    base: str,
-    config: FinetuneConfig,
-    registry: Registry | None = None,
-    out_dir: Path | None = None,
-    work_dir: Path | None = None,
-    progress: Callable[[Progress], None] | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
-    cancel: threading.Event | None = None,
-    chunk_s: float | None = None,
-    run: Callable[..., str] = run_chunk,
-    clock: Callable[[], float] = time.monotonic,
-) -> FinetuneResult:
+def finetune(view, base: str, config: FinetuneConfig, registry: Registry | None = None, out_dir: Path | None = None,
+             work_dir: Path | None = None, **running: Any) -> FinetuneResult:
     """Fine-tune ``base`` (hub id, directory, ``bundled`` or ``version:vNNNN``) on the reviewed
     samples of ``view``; register the result (or write ``out_dir``).
 
-    `prepare`, then the job's chunks until done, then `training.job.finish` (see
-    `training.job.continue_job` for ``chunk_s`` and ``run``). ``on_epoch`` gets ``{"epoch",
-    "val_AP"}`` after each epoch's validation, for a live plot. Raises `FinetuneError` before any
-    training when the data or the settings cannot work.
+    `prepare`, then the job's chunks until done, then `training.job.finish`. ``running`` goes to
+    `training.job.continue_job`: ``progress``, ``on_epoch`` (``{"epoch", "val_AP"}`` after each
+    epoch's validation, for a live plot), ``cancel``, ``chunk_s``, ``run``, ``clock``. Raises
+    `FinetuneError` before any training when the data or the settings cannot work.
     """
     if registry is None and out_dir is None:
         raise FinetuneError("give a registry or an output directory for the new model.")
@@ -103,7 +89,7 @@ def finetune(
         if work_dir is None:
             work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="finetune-"))) / "job"
         prepare(view, base, config, Path(work_dir), registry)
-        return continue_job(work_dir, registry, out_dir, progress, on_epoch, cancel, chunk_s, run, clock)
+        return continue_job(work_dir, registry, out_dir, **running)
 
 
 def per_class_table(result: FinetuneResult) -> list[list]:
