@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.engines import DEFAULT_ENGINE, ENGINES
 from core.flags import add_flags, from_flags, parse_value
 from datasets.database import default_data_dir
 from datasets.review import DEFAULT_DATASET
@@ -45,6 +46,8 @@ class AppConfig:
                                 "server); signed-in users are named in reviews")
     cpu_bf16: bool = _setting(False, "DETR_STUDIO_CPU_BF16", "run models on CPU under bf16 autocast (~1.8x "
                               "faster where the CPU has AVX512-BF16 or AMX; scores move by ~1e-2)")
+    engine: str = _setting(DEFAULT_ENGINE, "DETR_STUDIO_ENGINE", f"what runs models on CPU: {', '.join(ENGINES)} "
+                           "(docs/benchmarks.md); the Queries tab's attention maps always use torch")
     model_concurrency: int = _setting(1, "DETR_STUDIO_MODEL_CONCURRENCY", "events that run a model at once")
     queue_size: int = _setting(32, "DETR_STUDIO_QUEUE_SIZE", "requests waiting at most; more answer 'busy'")
     trainers: tuple[str, ...] = _setting((), "DETR_STUDIO_TRAINERS", "user names allowed to fine-tune "
@@ -80,6 +83,8 @@ class AppConfig:
         config = from_flags(cls, parser.parse_args(argv), base)
         if config.auth and ":" not in config.auth:
             parser.error("--auth takes USER:PASSWORD")
+        if config.engine not in ENGINES:
+            parser.error(f"--engine (DETR_STUDIO_ENGINE) must be one of {', '.join(ENGINES)}; got {config.engine!r}")
         return config
 
     @property

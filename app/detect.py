@@ -54,10 +54,10 @@ def detect(
     rows = _rows(detections)
     status = (
         f"{len(rows)} detection{'s' if len(rows) != 1 else ''} of {outputs.num_queries} queries in {seconds:.2f} s "
-        f"· model `{detector.name}` on {detector.device.type} · shortest edge "
+        f"· model `{detector.name}` on {detector.device.type} ({detector.engine_name}) · shortest edge "
         f"{size or detector.preprocess.shortest_edge} px"
     )
-    return annotate(picture, detections), rows, with_note(status, detector)
+    return annotate(picture, detections), rows, with_note(status, detector, state.models.engine_note(model_name))
 
 
 def detect_batch(
@@ -87,10 +87,11 @@ def detect_batch(
         detections = out.to_detections(threshold, classes or None)
         gallery.append((annotate(picture, detections), f"{name}: {len(detections)}"))
         rows.extend([name, *row] for row in _rows(detections))
-    status = f"{len(pictures)} images, {len(rows)} detections in {seconds:.2f} s · model `{detector.name}`"
+    status = (f"{len(pictures)} images, {len(rows)} detections in {seconds:.2f} s · model `{detector.name}` "
+              f"({detector.engine_name})")
     if problems:
         status += "\n\nSkipped:\n" + "\n".join(f"- {p}" for p in problems)
-    return gallery, rows, with_note(status, detector)
+    return gallery, rows, with_note(status, detector, state.models.engine_note(model_name))
 
 
 def model_labels(state: AppState, model_name: str):

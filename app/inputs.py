@@ -47,6 +47,8 @@ def image_and_detector(models: ModelCache, image, model_name: str, missing: str 
     return picture, detector_for(models, model_name)
 
 
-def with_note(status: str, detector: Detector) -> str:
-    """``status`` led by the detector's note (e.g. why the bundled model stands in), if it has one."""
-    return f"**Note:** {detector.note}\n\n{status}" if detector.note else status
+def with_note(status: str, detector: Detector, engine_note: str | None = None) -> str:
+    """``status`` led by the detector's note (e.g. why the bundled model stands in) and the engine's
+    (why PyTorch runs instead), if there are any."""
+    notes = [note for note in (detector.note, engine_note) if note]
+    return "".join(f"**Note:** {note}\n\n" for note in notes) + status

@@ -56,7 +56,8 @@ def run_queries(state: AppState, image, model_name: str, size: int | None, thres
     heads = next(iter(outputs.attention.values())).shape[0]
     passed = int(outputs.passed(threshold).sum())
     status = (f"{outputs.num_queries} queries, {passed} at or above {threshold:.2f} · model "
-              f"`{detector.name}` · {cached.seconds:.2f} s (computed once; selecting queries reuses it)")
+              f"`{detector.name}` (torch: the attention maps need PyTorch) · {cached.seconds:.2f} s (computed once; "
+              "selecting queries reuses it)")
     return (key, query_rows(outputs, threshold), query_grid(outputs, threshold),
             gr.update(choices=[str(layer) for layer in sorted(outputs.attention)], value=str(max(outputs.attention))),
             gr.update(choices=[MEAN_HEADS] + [str(h) for h in range(heads)], value=MEAN_HEADS),

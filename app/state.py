@@ -106,7 +106,8 @@ class AppState:
         self.config = config
         self.data_dir = Path(data_dir) if data_dir is not None else config.resolved_data_dir
         self.registry = Registry(self.data_dir / "models")
-        self.models = ModelCache(self.registry.version_dir, cpu_bf16=config.cpu_bf16)
+        self.models = ModelCache(self.registry.version_dir, cpu_bf16=config.cpu_bf16, engine=config.engine,
+                                 engine_cache=self.data_dir / "engines")
         self.queries = QueryCache()
         self.job = JobSlot()
         self._store: ReviewStore | None = None

@@ -137,17 +137,21 @@ def _run_batch(
     model = detector.model
     device = detector.device
     batch = preprocess(images, detector.preprocess, device, shortest_edge, longest_edge)
-    bf16 = device.type == "cuda" or (device.type == "cpu" and detector.cpu_bf16)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    with torch.inference_mode(), autocast:
-        outputs = model(
-            pixel_values=batch.pixel_values.contiguous(memory_format=torch.channels_last),
-            pixel_mask=batch.pixel_mask,
-            output_attentions=bool(attention_layers),
-        )
-    logits = outputs.logits.float()
+    if detector.engine is not None and not attention_layers:  # ONNX Runtime / OpenVINO: the forward pass only
+        logits, boxes = (torch.from_numpy(np.asarray(a)).float() for a in detector.engine(
+            batch.pixel_values.contiguous().numpy(), batch.pixel_mask.numpy()))
+        outputs = None
+    else:
+        bf16 = device.type == "cuda" or (device.type == "cpu" and detector.cpu_bf16)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+        with torch.inference_mode(), autocast:
+            outputs = model(
+                pixel_values=batch.pixel_values.contiguous(memory_format=torch.channels_last),
+                pixel_mask=batch.pixel_mask,
+                output_attentions=bool(attention_layers),
+            )
+        logits, boxes = outputs.logits.float(), outputs.pred_boxes.float()  # boxes: [B, N, 4] normalized cxcywh
     probs, scores, label_ids, no_object = _class_probs(logits, detector.family)
-    boxes = outputs.pred_boxes.float()  # [B, N, 4] normalized cxcywh
 
     attention: dict[int, torch.Tensor] = {}
     valid: list[tuple[int, int]] = []

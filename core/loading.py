@@ -86,6 +86,10 @@ class Detector:
     # bf16 autocast on CPU too (on CUDA it is always on): ~1.8x faster on CPUs with AVX512-BF16 or
     # AMX (bench/detect_cpu.py), scores then differ from fp32 by up to ~1e-2. Off by default.
     cpu_bf16: bool = False
+    # The CPU engine that runs the forward pass when no attention maps are needed (`core.engines`);
+    # None: PyTorch. ``engine_name`` says which ran, for status lines.
+    engine: Any = None
+    engine_name: str = "torch"
 
     @property
     def kind(self) -> str:

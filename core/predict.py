@@ -27,6 +27,7 @@ from PIL import Image
 from transformers.utils import logging as transformers_logging
 
 from core.annotate import annotate
+from core.engines import DEFAULT_ENGINE, ENGINES, attach_engine, default_cache_dir
 from core.flags import add_flags, from_flags
 from core.images import ImageError, load_image
 from core.inference import QueryOutputs, predict
@@ -103,8 +104,11 @@ class PredictOptions:
     out: Path = field(default=Path("predictions"), metadata={"help": "output directory"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (none: cuda when available)"})
     batch_size: int = field(default=4, metadata={"help": "images per forward pass"})
-    cpu_bf16: bool = field(default=False, metadata={"help": "on CPU, run under bf16 autocast (~1.8x faster with "
-                           "AVX512-BF16/AMX; scores move ~1e-2)"})
+    cpu_bf16: bool = field(default=False, metadata={"help": "on CPU, run PyTorch under bf16 autocast (faster with "
+                           "AVX512-BF16/AMX; scores move ~1e-2); implies --engine torch"})
+    engine: str = field(default=DEFAULT_ENGINE, metadata={"choices": ENGINES, "help": "what runs the model on "
+                        "CPU (docs/benchmarks.md); one that cannot run falls back to torch with a note"})
+    engine_cache: Path = field(default_factory=default_cache_dir, metadata={"help": "where exported graphs are kept"})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -148,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if detector.note:
         print(f"note: {detector.note}", file=sys.stderr)
+    if engine_note := attach_engine(detector, "torch" if args.cpu_bf16 else args.engine, args.engine_cache):
+        print(f"note: {engine_note}", file=sys.stderr)
 
     args.out.mkdir(parents=True, exist_ok=True)
     outputs = predict(detector, images, shortest_edge=args.size, batch_size=args.batch_size)
@@ -156,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         picture = Image.fromarray(annotate(image, result.to_detections(args.threshold)))
         _write_atomic(args.out / f"{path.stem}_annotated.jpg", lambda p: picture.save(p, format="JPEG", quality=92))
         _write_atomic(args.out / f"{path.stem}.json", lambda p: p.write_text(to_json(document)))
-        print(f"{path}: {len(document['detections'])} detections -> {args.out / (path.stem + '.json')}")
+        print(f"{path}: {len(document['detections'])} detections ({detector.engine_name}) -> "
+              f"{args.out / (path.stem + '.json')}")
     return 0
 
 

@@ -20,6 +20,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+# Exported ONNX graphs (core.engines) go to a cache of this run, shared by its tests, never the user's.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="detr-studio-cache-")
 # A throwaway MongoDB for the whole run, started by pytest_configure and reached by URI. Not
 # FiftyOne's own database service: that one is shared by every FiftyOne process of the user, so
 # tests could attach to the user's database (or the user's FiftyOne to the tests').
@@ -136,7 +138,8 @@ def state(tmp_path):
     from app.config import AppConfig
     from app.state import AppState
 
-    state = AppState(AppConfig(dataset=f"test-{uuid.uuid4().hex[:10]}"), tmp_path / "data")
+    # PyTorch runs the models of these tests; the engines have tests of their own (test_export.py).
+    state = AppState(AppConfig(dataset=f"test-{uuid.uuid4().hex[:10]}", engine="torch"), tmp_path / "data")
     yield state
     if state._store is not None:
         state._store.dataset.delete()

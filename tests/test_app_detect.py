@@ -122,3 +122,20 @@ def test_several_images_at_once(state, tiny_detr_dir, tmp_path):
     _, single, _ = detect(state, data.coffee(), str(tiny_detr_dir), 0.5, 256)
     assert [row[1:] for row in rows if row[0] == "b.png"] == single
     assert "2 images" in status and "bad.png" in status
+
+
+def test_the_app_runs_the_configured_engine_once_it_is_ready(state, calm_model_dir):
+    """AppConfig.engine: the model is exported in the background on first load; from then on Detect
+    runs the engine, says so, and finds what PyTorch finds."""
+    from conftest import state_with
+
+    image = data.coffee()
+    _, with_torch, status = detect(state, image, str(calm_model_dir), 0.3, 160)
+    assert "(torch)" in status
+    engined = state_with(state, engine="onnxruntime")
+    engined.models.get(str(calm_model_dir))
+    engined.models.wait_for_engine(str(calm_model_dir), timeout=300)
+    _, rows, status = detect(engined, image, str(calm_model_dir), 0.3, 160)
+    assert "(onnxruntime)" in status and "Note" not in status
+    assert [row[:2] for row in rows] == [row[:2] for row in with_torch]  # the same queries, the same labels
+    assert np.allclose([row[2] for row in rows], [row[2] for row in with_torch], atol=2e-3)
