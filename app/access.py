@@ -1,8 +1,12 @@
-"""Who may change data. Local use is open; on a Hugging Face Space only signed-in users may.
+"""Who may change data. Local use is open; on a Hugging Face Space only the writers may.
 
 A Space is recognised by ``SPACE_ID`` (`app.config.AppConfig.on_space`). Sign-in there is
 Gradio's OAuth (``hf_oauth: true`` in the README front matter sets ``OAUTH_CLIENT_ID``), which
-keeps the user in the request session under ``oauth_info``.
+keeps the user in the request session under ``oauth_info``. Anyone with a Hugging Face account
+can sign in, so signing in is not enough to write: the writers are the Space's creator (the
+profile's ``sub`` equals ``SPACE_CREATOR_USER_ID``; ``SPACE_AUTHOR_NAME`` is only the namespace,
+an organisation for an organisation's Space) and the names in ``DETR_STUDIO_REVIEWERS``. Everyone
+may look, detect and inspect. ``--auth`` users (a team server) may write wherever they run.
 """
 
 from __future__ import annotations
@@ -14,15 +18,29 @@ from collections.abc import Callable
 from app.config import AppConfig
 
 
+def _userinfo(scope: dict) -> dict:
+    session = scope.get("session") or {}
+    return (session.get("oauth_info") or {}).get("userinfo") or {}
+
+
 def signed_in(scope: dict) -> bool:
     """Whether the ASGI request ``scope`` carries a signed-in Hugging Face user."""
     session = scope.get("session") or {}
     return bool(session.get("oauth_info"))
 
 
+def is_writer(config: AppConfig, scope: dict) -> bool:
+    """On a Space: whether the signed-in user is the Space's creator or a named reviewer."""
+    info = _userinfo(scope)
+    if config.space_creator_id and str(info.get("sub") or "") == config.space_creator_id:
+        return True
+    reviewers = {name.strip().lower() for name in config.reviewers if name.strip()}
+    return str(info.get("preferred_username") or "").lower() in reviewers
+
+
 def may_change_data(config: AppConfig, scope: dict) -> bool:
-    """Off Spaces everyone may (a local or team server); on a Space only a signed-in user."""
-    return not config.on_space or signed_in(scope)
+    """Off Spaces everyone may (a local or team server); on a Space only its writers."""
+    return not config.on_space or (signed_in(scope) and is_writer(config, scope))
 
 
 def _scope(request) -> dict:
@@ -34,11 +52,36 @@ def caller_may_change_data(config: AppConfig, request) -> bool:
     return may_change_data(config, _scope(request)) or bool(getattr(request, "username", None))  # --auth user
 
 
+def user_name_in(scope: dict) -> str | None:
+    """The signed-in Hugging Face user of an ASGI request ``scope``, if any."""
+    return _userinfo(scope).get("preferred_username") or None
+
+
 def user_name(request) -> str | None:
     """The signed-in Hugging Face user (OAuth) or the ``--auth`` user of the request, if any."""
-    session = _scope(request).get("session") or {}
-    info = (session.get("oauth_info") or {}).get("userinfo") or {}
+    info = _userinfo(_scope(request))
     return info.get("preferred_username") or getattr(request, "username", None) or None
+
+
+def refusal(config: AppConfig, request) -> str | None:
+    """Why the caller of ``request`` may not change data (for the page and the API), or None if they may."""
+    if caller_may_change_data(config, request):
+        return None
+    if not signed_in(_scope(request)):
+        return ("Sign in with your Hugging Face account (button at the top) to change data on this Space; "
+                "detection and the query views work without signing in.")
+    return (f"You are signed in as {user_name(request) or 'an unnamed user'}, but on this Space only its creator "
+            "and the reviewers it names (DETR_STUDIO_REVIEWERS) may change data; detection and the query views "
+            "work for everyone.")
+
+
+def access_note(config: AppConfig, request) -> str:
+    """One line for the top of the page: what this visitor may do here, and why buttons refuse."""
+    if not config.on_space:
+        return ""
+    if (why := refusal(config, request)) is None:
+        return f"Signed in as **{user_name(request)}**: you may review, import, export and fine-tune."
+    return f"**View only.** {why}"
 
 
 def needs_sign_in(handler: Callable, config: AppConfig, name_argument: str | None = None,
@@ -61,9 +104,8 @@ def needs_sign_in(handler: Callable, config: AppConfig, name_argument: str | Non
         args = tuple(bound.arguments.values())
         if request is None:  # called from Python, not through the server
             return args
-        if not caller_may_change_data(config, request):
-            raise gr.Error("Sign in with your Hugging Face account (button at the top) to change data on this "
-                           "Space; detection and the query views work without signing in.")
+        if (why := refusal(config, request)) is not None:
+            raise gr.Error(why)
         user = user_name(request)
         allowed = {name.strip() for name in config.trainers if name.strip()} if training else set()
         if allowed and user not in allowed:

@@ -52,8 +52,17 @@ class AppConfig:
     queue_size: int = _setting(32, "DETR_STUDIO_QUEUE_SIZE", "requests waiting at most; more answer 'busy'")
     trainers: tuple[str, ...] = _setting((), "DETR_STUDIO_TRAINERS", "user names allowed to fine-tune "
                                          "(comma-separated in the variable; empty: anyone who may change data)")
+    reviewers: tuple[str, ...] = _setting((), "DETR_STUDIO_REVIEWERS", "on a Space: Hugging Face names that may "
+                                          "change data besides the Space's creator (comma-separated)")
+    import_roots: tuple[Path, ...] = _setting((), "DETR_STUDIO_IMPORT_ROOTS", "server folders import and export "
+                                              "may use besides DATA/imports and DATA/exports (comma-separated)")
+    models: tuple[str, ...] = _setting((), "DETR_STUDIO_MODELS", "models offered besides bundled, the hub models "
+                                       "and the fine-tuned versions (on a Space, the only others allowed)")
+    model_cache: int = _setting(3, "DETR_STUDIO_MODEL_CACHE", "models kept loaded at once (least recently used "
+                                "out)")
     # Set by the platform (Hugging Face Spaces), never by a flag.
     space_id: str | None = _setting(None, "SPACE_ID", flag=False)
+    space_creator_id: str | None = _setting(None, "SPACE_CREATOR_USER_ID", flag=False)
     oauth_client_id: str | None = _setting(None, "OAUTH_CLIENT_ID", flag=False)
 
     @classmethod
@@ -83,6 +92,8 @@ class AppConfig:
         config = from_flags(cls, parser.parse_args(argv), base)
         if config.auth and ":" not in config.auth:
             parser.error("--auth takes USER:PASSWORD")
+        if config.model_cache < 1:
+            parser.error("--model-cache (DETR_STUDIO_MODEL_CACHE) must be at least 1")
         if config.engine not in ENGINES:
             parser.error(f"--engine (DETR_STUDIO_ENGINE) must be one of {', '.join(ENGINES)}; got {config.engine!r}")
         return config

@@ -6,6 +6,8 @@ is wrapped in `FiftyOneGuard`, because as shipped it is made for one trusted loc
 
 - ``/media?filepath=...`` serves any readable file (``/etc/passwd`` included). Here only files
   whose real path lies under the app's media directories are served; anything else is 403.
+- A label edit by a writer (``PATCH /dataset/{id}/sample/{id}``) is passed on, then reported to
+  ``on_sample_edit``, which records it as a revision of the review with who made it.
 - Tagging, operators and saved-view mutations change data for everyone. Callers that may not
   write (``can_write(scope)`` is False: anonymous visitors of a public Space) get a read-only App:
   GET everywhere, POST only to the read endpoints, GraphQL queries and the session-state
@@ -18,13 +20,19 @@ operator notification service, which the embedded App does without.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, quote
 
 PREFIX = "/fiftyone"
+SAMPLE_EDIT = re.compile(r"^/dataset/[0-9a-f]{24}/sample/([0-9a-f]{24})(?:/.*)?$")
+
+logger = logging.getLogger(__name__)
 
 # POST endpoints of the FiftyOne server that only read (the App posts its queries).
 READ_ONLY_POSTS = frozenset({
@@ -78,10 +86,29 @@ def _mutations(body: bytes) -> set[str] | None:
 class FiftyOneGuard:
     """ASGI wrapper of FiftyOne's server: media confined to ``media_dirs``; read-only without write rights."""
 
-    def __init__(self, app, media_dirs: Sequence[Path], can_write: Callable[[dict], bool]):
+    def __init__(self, app, media_dirs: Sequence[Path], can_write: Callable[[dict], bool],
+                 on_sample_edit: Callable[[str, dict], None] | None = None):
         self.app = app
         self.roots = [os.path.realpath(directory) for directory in media_dirs]
         self.can_write = can_write
+        self.on_sample_edit = on_sample_edit
+
+    async def _edit(self, scope, receive, send, sample_id: str) -> None:
+        """Pass a writer's label edit on, then (if FiftyOne accepted it) report it, so it becomes a
+        revision of the review record with who made it (`datasets.revisions`)."""
+        status = {}
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if self.on_sample_edit is not None and 200 <= status.get("code", 500) < 300:
+            try:
+                await asyncio.to_thread(self.on_sample_edit, sample_id, scope)
+            except Exception:  # the edit stands; it is adopted again on the sample's next read
+                logger.exception("could not record the FiftyOne App edit of sample %s", sample_id)
 
     def _media_allowed(self, scope: dict) -> bool:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -101,6 +128,9 @@ class FiftyOneGuard:
         method = scope["method"]
         if path == "/media" and not self._media_allowed(scope):
             await _forbidden("only the review dataset's media can be served")(send)
+            return
+        if self.can_write(scope) and method in ("PATCH", "PUT", "POST") and (match := SAMPLE_EDIT.match(path)):
+            await self._edit(scope, receive, send, match.group(1))
             return
         if self.can_write(scope) or method in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
@@ -134,7 +164,8 @@ class FiftyOneGuard:
         await self.app(scope, replay, send)
 
 
-def mount_fiftyone(server, media_dirs: Sequence[Path], can_write: Callable[[dict], bool]) -> None:
+def mount_fiftyone(server, media_dirs: Sequence[Path], can_write: Callable[[dict], bool],
+                   on_sample_edit: Callable[[str, dict], None] | None = None) -> None:
     """Mount FiftyOne's server (guarded) at ``/fiftyone`` of ``server`` (Gradio's FastAPI app,
     ``demo.app`` after ``launch(prevent_thread_lock=True)``). FiftyOne must be configured first."""
     from fiftyone.server.app import app as fiftyone_server
@@ -142,4 +173,4 @@ def mount_fiftyone(server, media_dirs: Sequence[Path], can_write: Callable[[dict
 
     routes = server.router.routes
     routes[:] = [route for route in routes if getattr(route, "path", None) != PREFIX]  # once, on relaunch too
-    routes.insert(0, Mount(PREFIX, app=FiftyOneGuard(fiftyone_server, media_dirs, can_write)))
+    routes.insert(0, Mount(PREFIX, app=FiftyOneGuard(fiftyone_server, media_dirs, can_write, on_sample_edit)))

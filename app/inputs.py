@@ -3,6 +3,8 @@ the model. One place, so the tabs refuse the same input with the same message.""
 
 from __future__ import annotations
 
+import math
+
 import gradio as gr
 from PIL import Image
 
@@ -13,22 +15,40 @@ from core.loading import Detector, ModelLoadError
 NO_IMAGE = "Upload an image or pick an example first."
 
 
+def _number(value, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise gr.Error(f"The {what} must be a number, got {str(value)[:40]!r}.") from None
+    if not math.isfinite(number):
+        raise gr.Error(f"The {what} must be a finite number, got {value}.")
+    return number
+
+
 def threshold_value(threshold) -> float:
-    if threshold is None or not 0.0 <= float(threshold) <= 1.0:
+    number = _number(threshold, "threshold")
+    if not 0.0 <= number <= 1.0:
         raise gr.Error(f"The threshold must be between 0 and 1, got {threshold}.")
-    return float(threshold)
+    return number
 
 
 def processing_size(size) -> int | None:
     """The shortest edge to resize to; None (0 from the slider) keeps the model's own."""
-    size = int(size) if size else None
-    if size is not None and not 32 <= size <= 4096:
-        raise gr.Error(f"The processing size must be between 32 and 4096 pixels, got {size}.")
-    return size
+    if size is None or size == "":
+        return None
+    number = _number(size, "processing size")
+    if number == 0:
+        return None
+    if not 32 <= number <= 4096 or number != int(number):
+        raise gr.Error(f"The processing size must be a whole number of 32 to 4096 pixels (0: the model's own), "
+                       f"got {size}.")
+    return int(number)
 
 
 def detector_for(models: ModelCache, model_name: str) -> Detector:
     """The loaded model ``model_name``, or a `gr.Error` saying why it cannot be loaded."""
+    if not isinstance(model_name, str) or not model_name.strip():
+        raise gr.Error("Choose a model first (bundled, a hub id, or a fine-tuned version).")
     try:
         return models.get(model_name)
     except ModelLoadError as error:

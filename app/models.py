@@ -1,12 +1,15 @@
-"""The app's loaded models: each loaded once per process and shared by all sessions."""
+"""The app's loaded models: each loaded once per process and shared by all sessions, at most
+``capacity`` at a time (least recently used out), and on a public server only the offered ones."""
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from core.engines import attach_engine, default_cache_dir
-from core.loading import BUNDLED_DIR, BUNDLED_NAME, Detector, VersionDir, load_detector_or_bundled
+from core.loading import BUNDLED_DIR, BUNDLED_NAME, Detector, ModelLoadError, VersionDir, load_detector_or_bundled
 
 
 class ModelCache:
@@ -17,31 +20,47 @@ class ModelCache:
     is prepared in the background when a model is first loaded (exporting it once per weights
     digest into ``engine_cache``); until it is ready, and if it cannot run, PyTorch runs the model
     and ``engine_note(name)`` says why.
+
+    At most ``capacity`` models stay loaded; loading another drops the least recently used (every
+    distinct name a visitor types would otherwise stay in memory for good). ``offered``, when given
+    (on a Space), lists the only names that may be loaded: a typed folder or other hub id is refused.
     """
 
     def __init__(self, version_dir: VersionDir | None = None, cpu_bf16: bool = False, engine: str = "torch",
-                 engine_cache: Path | None = None):
+                 engine_cache: Path | None = None, capacity: int = 3,
+                 offered: Callable[[], list[str]] | None = None):
+        if capacity < 1:
+            raise ValueError(f"the model cache must hold at least one model, got {capacity}.")
         self.version_dir, self.cpu_bf16 = version_dir, cpu_bf16
         self.engine = "torch" if cpu_bf16 else engine
         self.engine_cache = engine_cache
+        self.capacity, self.offered = capacity, offered
         self._lock = threading.Lock()
-        self._detectors: dict[str, Detector] = {}
+        self._detectors: OrderedDict[str, Detector] = OrderedDict()
         self._preparing: dict[str, threading.Thread] = {}
         self._notes: dict[str, str | None] = {}
 
     def get(self, name: str) -> Detector:
         """The detector for ``name``, loaded on first use. Raises `core.loading.ModelLoadError`."""
         name = name.strip()
+        if self.offered is not None and name not in (choices := self.offered()):
+            raise ModelLoadError(f"This server offers only these models: {', '.join(choices)}. Typed folders and "
+                                 "other hub ids are not loaded here; run DETR Studio locally to use them.")
         with self._lock:  # one load at a time: two sessions asking for the same model load it once
             if name not in self._detectors:
                 detector = load_detector_or_bundled(name, version_dir=self.version_dir)
                 detector.cpu_bf16 = self.cpu_bf16
+                while len(self._detectors) >= self.capacity:
+                    dropped, _ = self._detectors.popitem(last=False)
+                    self._notes.pop(dropped, None)
+                    self._preparing.pop(dropped, None)
                 self._detectors[name] = detector
                 if self.engine != "torch" and detector.device.type == "cpu":
                     self._notes[name] = f"Preparing the {self.engine} engine for this model; PyTorch runs it meanwhile."
                     thread = threading.Thread(target=self._prepare, args=(name, detector), daemon=True)
                     self._preparing[name] = thread
                     thread.start()
+            self._detectors.move_to_end(name)
             return self._detectors[name]
 
     def _prepare(self, name: str, detector: Detector) -> None:

@@ -9,7 +9,6 @@ made against, so a reviewer never silently overwrites another's work.
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -23,7 +22,7 @@ from app.render import class_color, pr_curves
 from core.images import ImageError, load_image
 from core.inference import QueryOutputs, predict
 from datasets.coco import CocoError, export_reviewed, list_images, read_coco
-from datasets.labels import ReviewError, check_boxes
+from datasets.labels import ReviewError, check_boxes, clean_label
 
 if TYPE_CHECKING:
     from app.state import AppState
@@ -175,8 +174,9 @@ def review_counts(state: AppState) -> str:
 def import_folder(state: AppState, folder: str, model_name: str, threshold: float, size: int | None = None) -> str:
     """Add every image under ``folder``, pre-annotated by the model; unreadable files are listed."""
     threshold, size = threshold_value(threshold), processing_size(size)
+    root = state.server_path(folder, "import")
     try:
-        paths = list_images(folder)
+        paths = list_images(root)
     except CocoError as error:
         raise gr.Error(str(error)) from None
     detector = detector_for(state.models, model_name)
@@ -189,7 +189,7 @@ def import_folder(state: AppState, folder: str, model_name: str, threshold: floa
             continue
         _add(state, picture, predict(detector, [picture], shortest_edge=size)[0], detector, threshold)
         added += 1
-    report = f"Imported {added} of {len(paths)} images from {html.escape(str(folder))}."
+    report = f"Imported {added} of {len(paths)} images from {html.escape(str(root))}."
     if problems:
         report += "\n\nSkipped:\n" + "\n".join(f"- {html.escape(p)}" for p in problems)
     return f"{report}\n\n{review_counts(state)}"
@@ -200,12 +200,19 @@ def import_coco(state: AppState, annotations: str, images_dir: str | None, model
     """Import a COCO dataset: its boxes become ``ground_truth`` (status ``imported``), the model's
     output ``predictions``. The whole file is checked before anything is written."""
     threshold, size = threshold_value(threshold), processing_size(size)
+    annotations_path = state.server_path(annotations, "import")
+    images_path = state.server_path(images_dir, "import") if images_dir and str(images_dir).strip() else None
     try:
-        labels, images = read_coco(annotations, images_dir or None)
+        labels, images = read_coco(annotations_path, images_path)
         pictures = [load_image(image.path) for image in images]
     except (CocoError, ImageError) as error:
-        raise gr.Error(str(error)) from None
+        raise gr.Error(f"{error} Nothing was imported.") from None
     detector = detector_for(state.models, model_name)
+    try:
+        for label in labels:
+            clean_label(label)
+    except ReviewError as error:
+        raise gr.Error(f"A category name is not usable: {error} Fix the COCO file; nothing was imported.") from None
     for image, picture in zip(images, pictures):  # the store's own box checks, on every image before any write
         try:
             check_boxes(image.ground_truth, *picture.size)
@@ -220,11 +227,10 @@ def import_coco(state: AppState, annotations: str, images_dir: str | None, model
 
 def export_coco(state: AppState, out_dir: str) -> str:
     """Write the reviewed samples' truth as COCO (category ids from 1) into an empty folder."""
-    if not out_dir or not out_dir.strip():
-        raise gr.Error("Give a folder to export to.")
+    target = state.server_path(out_dir, "export")
     view = state.store.reviewed_view()
     try:
-        path = export_reviewed(view, Path(out_dir).expanduser(), state.store.labels)
+        path = export_reviewed(view, target, state.store.labels)
     except CocoError as error:
         raise gr.Error(str(error)) from None
     return f"Exported {len(view)} reviewed samples to {html.escape(str(path))}."

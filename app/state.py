@@ -107,7 +107,10 @@ class AppState:
         self.data_dir = Path(data_dir) if data_dir is not None else config.resolved_data_dir
         self.registry = Registry(self.data_dir / "models")
         self.models = ModelCache(self.registry.version_dir, cpu_bf16=config.cpu_bf16, engine=config.engine,
-                                 engine_cache=self.data_dir / "engines")
+                                 engine_cache=self.data_dir / "engines", capacity=config.model_cache,
+                                 offered=self.model_choices if config.on_space else None)
+        for root in (self.import_root, self.export_root):
+            root.mkdir(parents=True, exist_ok=True)
         self.queries = QueryCache()
         self.job = JobSlot()
         self._store: ReviewStore | None = None
@@ -130,5 +133,37 @@ class AppState:
         return self.data_dir / "finetune-work"
 
     def model_choices(self) -> list[str]:
-        """The model picker's list: bundled, the hub models, every fine-tuned version (newest first)."""
-        return model_choices(HUB_MODELS, [version.name for version in reversed(self.registry.versions())])
+        """The model picker's list: bundled, the hub models, ``config.models``, every fine-tuned version
+        (newest first). On a Space these are the only models that load."""
+        extra = [name for name in self.config.models if name.strip() and name not in HUB_MODELS]
+        return model_choices([*HUB_MODELS, *extra], [version.name for version in reversed(self.registry.versions())])
+
+    @property
+    def import_root(self) -> Path:
+        return self.data_dir / "imports"
+
+    @property
+    def export_root(self) -> Path:
+        return self.data_dir / "exports"
+
+    def server_path(self, text: str, purpose: str) -> Path:
+        """A server folder named by the user, for ``purpose`` ``"import"`` or ``"export"``: relative
+        names are taken under ``DATA/imports`` (``DATA/exports``), and the real path, links resolved,
+        must lie under that folder or one of ``config.import_roots``. Anything else is refused."""
+        default = self.import_root if purpose == "import" else self.export_root
+        if not isinstance(text, str) or not text.strip():
+            raise gr.Error(f"Give a folder under {default} (or a path relative to it).")
+        if "\x00" in text or len(text) > 1024:
+            raise gr.Error("That path is not usable (over 1024 characters or holding a NUL byte).")
+        roots = [default, *self.config.import_roots]
+        try:
+            path = (default / Path(text.strip()).expanduser()).resolve()
+            real_roots = [Path(root).expanduser().resolve() for root in roots]
+        except (OSError, RuntimeError, ValueError) as error:
+            raise gr.Error(f"{text[:80]!r} cannot be resolved as a path ({error}).") from None
+        if not any(path == root or path.is_relative_to(root) for root in real_roots):
+            where = ", ".join(str(root) for root in real_roots)
+            raise gr.Error(f"{purpose.capitalize()} folders must lie under {where} (after following links); "
+                           f"{text[:200]!r} does not. Put the files there, or ask the server's owner to add a root "
+                           "with DETR_STUDIO_IMPORT_ROOTS.")
+        return path

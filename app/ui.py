@@ -17,11 +17,12 @@ import torch
 from gradio_image_annotation import image_annotator
 
 from app import queries, review, train
-from app.access import may_change_data, needs_sign_in
+from app.access import access_note, may_change_data, needs_sign_in, user_name_in
 from app.detect import DETECTION_HEADERS, detect, detect_batch, model_labels
 from app.fiftyone_app import mount_fiftyone
 from app.render import class_color
 from app.state import AppState
+from app.upload import UploadedImage
 from core.hybrid import HYBRID
 from core.loading import ASSETS_DIR
 from training.config import SUGGESTED_LR
@@ -57,7 +58,7 @@ def _examples() -> list[str]:
 def _detect_tab(state: AppState, model, threshold, size, model_queue: dict):
     with gr.Row():
         with gr.Column():
-            image = gr.Image(label="Image", type="numpy", elem_id="detect-input")
+            image = UploadedImage(label="Image", type="filepath", image_mode=None, elem_id="detect-input")
             classes = gr.Dropdown(choices=[], value=[], multiselect=True, allow_custom_value=True,
                                   label="Only these classes (empty: all)", elem_id="detect-classes")
             with gr.Row():
@@ -271,6 +272,7 @@ def build_app(state: AppState) -> gr.Blocks:
         gr.Markdown("# DETR Studio\nSee inside DETR-family detectors, review their output into FiftyOne.")
         if config.on_space and config.oauth_client_id:  # hf_oauth: true; off Spaces it would break local runs
             gr.LoginButton()
+        access = gr.Markdown(elem_id="access-note")
         with gr.Row():
             model = gr.Dropdown(choices=state.model_choices(), value=config.model, label="Model",
                                 allow_custom_value=True,
@@ -318,6 +320,11 @@ def build_app(state: AppState) -> gr.Blocks:
         r["evaluate"].click(writes(review.evaluate_reviewed),
                             outputs=[r["eval_summary"], r["per_class"], r["pr_plot"]], api_name="evaluate")
         r["open_app"].click(bind(review.open_fiftyone, state), outputs=[r["fiftyone_link"]], api_name="open_fiftyone")
+
+        def who_may_do_what(request: gr.Request) -> str:
+            return access_note(config, request)
+
+        demo.load(who_may_do_what, outputs=[access], api_name=False)
     return demo
 
 
@@ -332,5 +339,9 @@ def launch(demo: gr.Blocks, state: AppState, **options) -> gr.Blocks:
     # A full queue answers "busy" at once instead of piling up work nobody will wait for.
     demo.queue(max_size=state.config.queue_size)
     demo.launch(prevent_thread_lock=True, show_error=False, **launch_options(state.data_dir), **options)
-    mount_fiftyone(demo.app, [state.data_dir / "media"], functools.partial(may_change_data, state.config))
+    def app_edit(sample_id: str, scope: dict) -> None:
+        who = user_name_in(scope) or "a FiftyOne App user"
+        state.store.adopt_outside_edit(sample_id, f"{who} (FiftyOne App)")
+
+    mount_fiftyone(demo.app, [state.data_dir / "media"], functools.partial(may_change_data, state.config), app_edit)
     return demo

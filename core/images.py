@@ -18,6 +18,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # 40 megapixels: a 8000x5000 photo fits; a decompression bomb (a tiny PNG that claims
 # 100000x100000) does not. Callers can raise it per call.
 DEFAULT_MAX_PIXELS = 40_000_000
+# A strip 200000x2 cannot be resized to the model's size (its short side would round to 0 px).
+MAX_ASPECT_RATIO = 50
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
 
@@ -39,6 +41,11 @@ def _describe(source: ImageSource) -> str:
 def _check_size(width: int, height: int, max_pixels: int, what: str) -> None:
     if width <= 0 or height <= 0:
         raise ImageError(f"{what} has no pixels ({width}x{height}).")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageError(
+            f"{what} is {width}x{height}, more than {MAX_ASPECT_RATIO} times longer than it is wide; "
+            "crop it into parts the detector can see."
+        )
     if width * height > max_pixels:
         raise ImageError(
             f"{what} is {width}x{height} = {width * height / 1e6:.0f} megapixels, over the limit of "

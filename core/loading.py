@@ -11,6 +11,7 @@ Weights are read from safetensors only: pickled ``.bin``/``.pt`` files can run c
 from __future__ import annotations
 
 import json
+import math
 import logging
 import re
 from collections.abc import Callable
@@ -184,6 +185,27 @@ def native_backbone_config(config: dict[str, Any], where: str) -> tuple[dict[str
     return new, True
 
 
+MAX_JSON_BYTES = 10_000_000  # a config or preprocessor file is a few KB; this is not one
+
+
+def read_json_object(path: Path, where: str) -> dict:
+    """The JSON object in ``path``, or a `ModelLoadError` naming the file and what is wrong with it
+    (not UTF-8, not JSON, nested too deep for the parser, not an object, absurdly large)."""
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ModelLoadError(f"{where}: {path.name} is {path.stat().st_size / 1e6:.0f} MB, too large for a "
+                                 "configuration file.")
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:120]
+        raise ModelLoadError(f"{where} has a {path.name} that is not valid JSON ({reason}).") from None
+    except OSError as error:
+        raise ModelLoadError(f"{where}: {path.name} could not be read ({error.strerror or error}).") from None
+    if not isinstance(document, dict):
+        raise ModelLoadError(f"{where} has a {path.name} that is not a JSON object.")
+    return document
+
+
 def _labels_from_config(config: PreTrainedModel, where: str) -> list[str]:
     id2label = {int(k): v for k, v in (config.id2label or {}).items()}
     num_labels = config.num_labels
@@ -195,23 +217,50 @@ def _labels_from_config(config: PreTrainedModel, where: str) -> list[str]:
     return [str(id2label[i]) for i in range(num_labels)]
 
 
-def _preprocess_config(directory: Path) -> PreprocessConfig:
+def _preprocess_config(directory: Path, where: str) -> PreprocessConfig:
+    """preprocessor_config.json's normalization and sizes, each checked (three finite numbers, a
+    positive std, sizes of 32-4096 px), so a bad file is refused here, not midway through inference."""
     path = directory / "preprocessor_config.json"
     if not path.is_file():
         return PreprocessConfig()
-    raw = json.loads(path.read_text())
+    raw = read_json_object(path, where)
     size = raw.get("size") or {}
-    return PreprocessConfig(
-        image_mean=tuple(raw.get("image_mean", DEFAULT_IMAGE_MEAN)),
-        image_std=tuple(raw.get("image_std", DEFAULT_IMAGE_STD)),
-        shortest_edge=int(size.get("shortest_edge", DEFAULT_SHORTEST_EDGE)),
-        longest_edge=int(size.get("longest_edge", raw.get("max_size", DEFAULT_LONGEST_EDGE))),
-    )
+    problem = ModelLoadError(f"{where} has a preprocessor_config.json with invalid values: image_mean and image_std "
+                             "need three finite numbers (std above 0), size.shortest_edge / longest_edge whole "
+                             "numbers of 32-4096 pixels. Fix or delete the file.")
+    try:
+        mean = tuple(float(v) for v in raw.get("image_mean", DEFAULT_IMAGE_MEAN))
+        std = tuple(float(v) for v in raw.get("image_std", DEFAULT_IMAGE_STD))
+        shortest = int(size.get("shortest_edge", DEFAULT_SHORTEST_EDGE)) if isinstance(size, dict) else -1
+        longest = int(size.get("longest_edge", raw.get("max_size", DEFAULT_LONGEST_EDGE))) if isinstance(size, dict) \
+            else -1
+    except (TypeError, ValueError, OverflowError):
+        raise problem from None
+    if (len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0
+            or not 32 <= shortest <= 4096 or not 32 <= longest <= 4096):
+        raise problem
+    return PreprocessConfig(image_mean=mean, image_std=std, shortest_edge=shortest, longest_edge=longest)
+
+
+def _check_weight_files(directory: Path, where: str) -> None:
+    """Every safetensors file opens: a truncated or damaged one is named here, before transformers meets it."""
+    from safetensors import safe_open
+
+    for shard in sorted(directory.glob("model*.safetensors")):
+        try:
+            with safe_open(str(shard), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors' own error type; any failure means a damaged file
+            raise ModelLoadError(f"{where}: {shard.name} is damaged or truncated ({str(error)[:120]}); copy "
+                                 "the model folder again or re-save it with save_pretrained.") from None
 
 
 def _check_weights(directory: Path, where: str) -> None:
-    if (directory / "model.safetensors").is_file() or (directory / "model.safetensors.index.json").is_file():
+    """The folder has safetensors weights; pickles are refused."""
+    if any(directory.glob("model*.safetensors")):
         return
+    if (directory / "model.safetensors.index.json").is_file():
+        raise ModelLoadError(f"{where} has model.safetensors.index.json but none of the weight files it lists.")
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise ModelLoadError(
@@ -274,7 +323,11 @@ def resolve_model_dir(name: str | Path, version_dir: VersionDir | None = None) -
             )
         return BUNDLED_DIR
     path = Path(name_str).expanduser()
-    if path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):  # a name too long for the file system, or one it cannot hold
+        exists = False
+    if exists:
         if not path.is_dir():
             raise ModelLoadError(
                 f"'{name_str}' is a file; pass the directory that holds config.json and model.safetensors."
@@ -316,10 +369,7 @@ def load_detector(
     """
     directory = resolve_model_dir(name, version_dir)
     where = f"The model '{name}'" + (f" ({directory})" if str(directory) != str(name) else "")
-    try:
-        raw_config = json.loads((directory / "config.json").read_text())
-    except json.JSONDecodeError as error:
-        raise ModelLoadError(f"{where} has a config.json that is not valid JSON ({error}).") from None
+    raw_config = read_json_object(directory / "config.json", where)
     model_type = raw_config.get("model_type")
     if model_type not in FAMILIES:
         raise ModelLoadError(
@@ -330,9 +380,11 @@ def load_detector(
     raw_config, converted = native_backbone_config(raw_config, where)
     try:
         config = family.config_class.from_dict(raw_config)
-    except (TypeError, ValueError, KeyError) as error:
-        raise ModelLoadError(f"{where} has a config.json transformers cannot read ({error}).") from None
+    except Exception as error:  # transformers validates fields with error types of its own
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(f"{where} has a config.json transformers cannot read ({reason}).") from None
 
+    _check_weight_files(directory, where)
     try:
         model, info = family.model_class.from_pretrained(
             directory,
@@ -342,8 +394,9 @@ def load_detector(
             attn_implementation=attn_implementation,
             output_loading_info=True,
         )
-    except (RuntimeError, ValueError, OSError) as error:
-        raise ModelLoadError(f"{where} could not be loaded: its weights do not fit its config ({error}).") from None
+    except (RuntimeError, ValueError, OSError, TypeError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(f"{where} could not be loaded: its weights do not fit its config ({reason}).") from None
     problems = {kind: keys for kind, keys in info.items() if kind != "error_msgs" and keys}
     if problems or info.get("error_msgs"):
         detail = "; ".join(f"{kind}: {sorted(map(str, keys))[:5]}" for kind, keys in problems.items())
@@ -362,7 +415,7 @@ def load_detector(
         family=family,
         name=str(name),
         source=directory,
-        preprocess=_preprocess_config(directory),
+        preprocess=_preprocess_config(directory, where),
     )
 
 

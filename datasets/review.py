@@ -10,34 +10,35 @@ This module owns the schema (see docs/data-storage.md). One sample per distinct 
 | ``top_confidence`` | float | highest prediction confidence (0 when none): the queue's uncertainty order |
 | ``ground_truth`` | ``fo.Detections`` | the reviewed truth (or labels imported from COCO, status ``imported``) |
 | tag ``reviewed`` | | set by every save, removed when undo returns to an unreviewed state |
-| ``review`` | embedded document | ``status`` (``to_review``, ``imported``, ``reviewed``), ``reviewer``, ``time`` (UTC), ``revision`` (int, +1 per save or undo) |
+| ``review`` | embedded document | ``status`` (``to_review``, ``imported``, ``reviewed``), ``reviewer``, ``time`` (UTC), ``revision`` (int, +1 per save, undo or adopted outside edit), ``ground_truth`` (a copy of the truth this revision wrote) |
 | ``review_history`` | list of embedded documents | earlier ``review`` records with their ``ground_truth``, for undo |
 
 The dataset's ``default_classes`` is its ordered label space: the model's labels plus any class
 name a reviewer typed. ``info["schema"]`` names this schema's version.
 
-Saves are compare-and-set on ``review.revision``: a save names the revision it was made against,
-and a save against an older revision than the stored one is refused (`StaleRevisionError`).
-The claim is one atomic MongoDB update, so it holds across processes and reviewers sharing a
-database through ``FIFTYONE_DATABASE_URI``.
+Saves and undos go through one write path (`datasets.revisions`): a compare-and-set on the revision
+the writer saw *and* on the truth being unchanged since (FiftyOne App edits and scripts included),
+in one atomic MongoDB update, so it holds across processes and servers sharing a database through
+``FIFTYONE_DATABASE_URI``. A stale save is refused (`StaleRevisionError`) and writes nothing; an
+edit made outside the Review tab becomes a revision of its own, in the history, when it is seen.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import io
 import os
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import supervision as sv
 from PIL import Image
 
+from datasets import revisions
 from datasets.database import check_local_database, default_data_dir
 from datasets.labels import ReviewError, StaleRevisionError, check_boxes, clean_label, from_fiftyone, to_fiftyone
 
@@ -59,15 +60,6 @@ def _rgb(image: Image.Image | np.ndarray) -> np.ndarray:
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ReviewError(f"expected an RGB uint8 image, got an array of shape {array.shape} and type {array.dtype}.")
     return array
-
-
-def _review_record(status: str, reviewer: object, revision: int):
-    """The ``review`` field of a save or undo made now by ``reviewer`` (one line, at most 64 characters)."""
-    import fiftyone as fo
-
-    name = " ".join(str(reviewer or "").split())[:64] or "anonymous"
-    return fo.DynamicEmbeddedDocument(status=status, reviewer=name, time=datetime.now(timezone.utc).replace(tzinfo=None),
-                                      revision=revision)
 
 
 def _serialized(method):
@@ -238,20 +230,25 @@ class ReviewStore:
         fo_predictions = to_fiftyone(predictions, width, height, model_version)
         top = float(np.max(predictions.confidence)) if len(predictions) and predictions.confidence is not None else 0.0
         existing = self._find_hash(digest)
-        if existing is not None:
-            sample = self.dataset[existing]
-            sample["predictions"] = fo_predictions
-            sample["top_confidence"] = top
-            sample.save()
+        if existing is not None:  # only the predictions change: the truth and its revision stay as they are
+            from bson import ObjectId
+
+            self.dataset._sample_collection.update_one(
+                {"_id": ObjectId(existing)},
+                {"$set": {"predictions": fo_predictions.to_dict(), "top_confidence": top,
+                          "last_modified_at": revisions.now()}})
+            self._reloaded(existing)
             return existing
+        truth = to_fiftyone(ground_truth, width, height) if ground_truth is not None else None
         sample = fo.Sample(
             filepath=str(path), content_hash=digest, predictions=fo_predictions, top_confidence=top,
-            review=fo.DynamicEmbeddedDocument(status=STATUS_TO_REVIEW, reviewer=None, time=None, revision=0),
+            review=fo.DynamicEmbeddedDocument(status=STATUS_IMPORTED if truth is not None else STATUS_TO_REVIEW,
+                                              reviewer=None, time=None, revision=0,
+                                              ground_truth=truth.copy() if truth is not None else None),
             review_history=[],
         )
-        if ground_truth is not None:
-            sample["ground_truth"] = to_fiftyone(ground_truth, width, height)
-            sample["review"]["status"] = STATUS_IMPORTED
+        if truth is not None:
+            sample["ground_truth"] = truth
         sample.metadata = fo.ImageMetadata(width=width, height=height, num_channels=3)
         self.dataset.add_sample(sample)
         return str(sample.id)
@@ -270,7 +267,9 @@ class ReviewStore:
 
     @_serialized
     def get(self, sample_id: str) -> Reviewable:
-        sample = self._sample(sample_id)
+        """The sample as stored now; an outside edit of its truth is first recorded as a revision."""
+        self.adopt_outside_edit(sample_id)
+        sample = self._reloaded(sample_id)
         width, height = sample.metadata.width, sample.metadata.height
         review = sample["review"]
         truth = sample["ground_truth"] if sample.has_field("ground_truth") else None
@@ -282,91 +281,74 @@ class ReviewStore:
             time=review["time"],
         )
 
-    @contextlib.contextmanager
-    def _claimed(self, sample_id: str, revision: int):
-        """Claim ``revision`` (see `_claim`) and yield the sample, reloaded, to change and save;
-        if that fails, the claim is given back and the stored sample is as it was."""
-        self._claim(sample_id, revision)
-        try:
-            sample = self._sample(sample_id)
-            sample.reload()
-            yield sample
-        except BaseException:
-            self._release(sample_id, revision)
-            raise
-
-    def _claim(self, sample_id: str, revision: int) -> None:
-        """Atomically move ``review.revision`` from ``revision`` to ``revision + 1``, or refuse."""
+    def _raw(self, sample_id: str) -> dict:
+        """The sample's document as stored now (not FiftyOne's in-memory copy)."""
         from bson import ObjectId
 
-        # FiftyOne has no conditional save; its sample collection is a pymongo Collection, and a
-        # filtered update_one is MongoDB's compare-and-set.
-        result = self.dataset._sample_collection.update_one(
-            {"_id": ObjectId(sample_id), "review.revision": int(revision)},
-            {"$set": {"review.revision": int(revision) + 1}},
-        )
-        if result.matched_count == 1:
-            return
-        current = self._sample(sample_id)["review"]
-        raise StaleRevisionError(
-            f"this image was saved by {current['reviewer'] or 'someone'} at "
-            f"{current['time']:%Y-%m-%d %H:%M:%S} UTC (revision {current['revision']}) after you opened it "
-            f"(revision {revision}). Nothing was overwritten: reload the sample to see their edit, then redo yours."
-            if current["time"] is not None else
-            f"this image is at revision {current['revision']}, not {revision}. Reload it and try again."
-        )
+        self._sample(sample_id)  # the clear error for an unknown id
+        raw = self.dataset._sample_collection.find_one({"_id": ObjectId(str(sample_id))})
+        if raw is None:
+            raise ReviewError(f"sample {sample_id!r} was deleted just now; pick another sample from the queue.")
+        return raw
 
-    def _release(self, sample_id: str, revision: int) -> None:
-        from bson import ObjectId
+    def _reloaded(self, sample_id: str):
+        sample = self._sample(sample_id)
+        sample.reload(hard=True)  # after a raw write, FiftyOne's in-memory sample is stale
+        return sample
 
-        self.dataset._sample_collection.update_one(
-            {"_id": ObjectId(sample_id), "review.revision": int(revision) + 1},
-            {"$set": {"review.revision": int(revision)}},
-        )
+    @_serialized
+    def adopt_outside_edit(self, sample_id: str, who: str | None = None) -> bool:
+        """If the truth of ``sample_id`` was changed outside the Review tab (the FiftyOne App, a script),
+        record that edit as a revision by ``who`` (`datasets.revisions.adopt`). Returns whether it did."""
+        return revisions.adopt(self.dataset._sample_collection, self._raw(sample_id), who)
 
     @_serialized
     def save_review(self, sample_id: str, boxes: sv.Detections, revision: int, reviewer: str) -> int:
         """Store ``boxes`` as the reviewed truth if ``revision`` is still current; returns the new revision.
 
-        Raises `ReviewError` for invalid boxes or labels and `StaleRevisionError` when someone
-        saved in between; in both cases the stored sample is unchanged.
+        Raises `ReviewError` for invalid boxes or labels and `StaleRevisionError` when anyone saved
+        in between or changed the labels outside the Review tab; in both cases the stored sample is
+        unchanged. The write is one atomic compare-and-set (`datasets.revisions`).
         """
-        import fiftyone as fo
-
         sample = self._sample(sample_id)
         width, height = sample.metadata.width, sample.metadata.height
         boxes = check_boxes(boxes, width, height)
-        with self._claimed(sample_id, revision) as sample:
-            previous = sample["review"]
-            history = list(sample["review_history"] or [])
-            history.append(fo.DynamicEmbeddedDocument(
-                status=previous["status"], reviewer=previous["reviewer"], time=previous["time"], revision=revision,
-                ground_truth=sample["ground_truth"] if sample.has_field("ground_truth") else None,
-            ))
-            self.add_labels(boxes.data["class_name"])
-            sample["ground_truth"] = to_fiftyone(boxes, width, height)
-            sample["review"] = _review_record(STATUS_REVIEWED, reviewer, revision + 1)
-            sample["review_history"] = history
-            if REVIEWED_TAG not in sample.tags:
-                sample.tags.append(REVIEWED_TAG)
-            sample.save()  # one update of the whole sample
-        return revision + 1
+        self.add_labels(boxes.data["class_name"])
+        truth = to_fiftyone(boxes, width, height).to_dict()
+
+        def change(raw: dict) -> dict:
+            previous = {**raw["review"], "ground_truth": raw.get("ground_truth")}
+            tags = list(raw.get("tags") or [])
+            return {"ground_truth": truth,
+                    "review": revisions.record(STATUS_REVIEWED, reviewer, int(revision) + 1, truth),
+                    "review_history": list(raw.get("review_history") or []) + [previous],
+                    "tags": tags if REVIEWED_TAG in tags else tags + [REVIEWED_TAG]}
+
+        new = revisions.write(self.dataset._sample_collection, self._raw(sample_id), revision, change)
+        self._reloaded(sample_id)
+        return new
 
     @_serialized
     def undo(self, sample_id: str, revision: int, reviewer: str) -> int:
         """Restore the previous revision's truth and status (itself a new revision); returns it."""
-        if not self._sample(sample_id)["review_history"]:
+        raw = self._raw(sample_id)
+        if not raw.get("review_history"):
             raise ReviewError("there is nothing to undo: this sample was never saved.")
-        with self._claimed(sample_id, revision) as sample:
-            history = list(sample["review_history"])
+
+        def change(raw: dict) -> dict:
+            history = list(raw["review_history"])
             previous = history.pop()
-            sample["ground_truth"] = previous["ground_truth"]
-            sample["review"] = _review_record(previous["status"], reviewer, revision + 1)
-            sample["review_history"] = history
-            if previous["status"] != STATUS_REVIEWED and REVIEWED_TAG in sample.tags:
-                sample.tags.remove(REVIEWED_TAG)
-            sample.save()
-        return revision + 1
+            tags = [tag for tag in raw.get("tags") or [] if tag != REVIEWED_TAG or previous["status"] == STATUS_REVIEWED]
+            if previous["status"] == STATUS_REVIEWED and REVIEWED_TAG not in tags:
+                tags.append(REVIEWED_TAG)
+            truth = previous.get("ground_truth")
+            return {"ground_truth": truth,
+                    "review": revisions.record(previous["status"], reviewer, int(revision) + 1, truth),
+                    "review_history": history, "tags": tags}
+
+        new = revisions.write(self.dataset._sample_collection, raw, revision, change)
+        self._reloaded(sample_id)
+        return new
 
     # ---- reading -----------------------------------------------------------------------------
 

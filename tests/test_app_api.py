@@ -88,8 +88,8 @@ def test_on_a_space_visitors_detect_but_cannot_change_data(client, state, review
 
     model, image = str(tiny_detr_dir), handle_file(str(SHAPES))
     editor, sample_id, revision, status = client.predict(image, model, 0.5, 256, api_name="/send_to_review")
-    # The same data served as a Space; this visitor has not signed in.
-    space = serve(state_with(state, model=model, space_id="someone/detr-studio"))
+    # The same data served as a Space (offering the test model); this visitor has not signed in.
+    space = serve(state_with(state, model=model, space_id="someone/detr-studio", models=(model,)))
     client = Client(space.local_url, verbose=False)
     annotated, table, status = client.predict(image, model, 0.5, 256, [], api_name="/detect")
     assert "queries" in status or table is not None  # detection still works
@@ -146,7 +146,7 @@ def test_a_password_protected_team_server_names_the_signed_in_reviewer(state, re
     from gradio_client import Client, handle_file
 
     team = state_with(state, model=str(tiny_detr_dir), space_id="someone/detr-studio", auth="ana:secret",
-                      trainers=("bob", "carol"))
+                      trainers=("bob", "carol"), models=(str(tiny_detr_dir),))
     demo = serve(team, auth=team.config.login_credentials)
     try:
         client = Client(demo.local_url, verbose=False, auth=("ana", "secret"))

@@ -107,18 +107,18 @@ def test_promote_a_below_threshold_query(state, review_store, tiny_detr_dir):
 
 
 def test_import_folder_reports_unreadable_files(state, review_store, tiny_detr_dir, tmp_path):
-    folder = tmp_path / "photos"
+    folder = state.import_root / "photos"
     (folder / "sub").mkdir(parents=True)
     Image.fromarray(shapes_image(20)).save(folder / "a.png")
     Image.fromarray(shapes_image(21)).save(folder / "sub" / "b.jpg")
     (folder / "broken.png").write_bytes(b"not an image")
-    report = review.import_folder(state, str(folder), str(tiny_detr_dir), 0.5, 256)
+    report = review.import_folder(state, "photos", str(tiny_detr_dir), 0.5, 256)  # relative to DATA/imports
     assert "Imported 2 of 3 images" in report and "broken.png" in report
     assert len(review_store.dataset) == 2
 
 
 def test_import_coco_checks_everything_first(state, review_store, tiny_detr_dir, tmp_path):
-    directory = tmp_path / "coco"
+    directory = state.import_root / "coco"
     write_coco(directory, count=3, first_seed=30)
     path = directory / "annotations.json"
     document = json.loads(path.read_text())
@@ -151,8 +151,8 @@ def test_export_and_evaluate(state, review_store, tiny_detr_dir, tmp_path):
     assert all(ap == 1.0 for _, ap in rows if ap != "no data")
     assert figure.axes[0].get_lines()
     assert "eval_tp" in review_store.dataset.get_field_schema()  # per-object results stay for the FiftyOne App
-    report = review.export_coco(state, str(tmp_path / "out"))
-    document = json.loads((tmp_path / "out" / "labels.json").read_text())
+    report = review.export_coco(state, "out")  # relative to DATA/exports
+    document = json.loads((state.export_root / "out" / "labels.json").read_text())
     assert "Exported 2 reviewed samples" in report and min(c["id"] for c in document["categories"]) == 1
 
 
@@ -186,7 +186,7 @@ def test_saved_views_per_review_state(state, review_store, tiny_detr_dir):
 
 def test_import_coco_refuses_a_box_outside_any_image_before_writing(state, review_store, tiny_detr_dir, tmp_path):
     """The store's box checks run on every image first: a bad box in the last image imports nothing."""
-    directory = tmp_path / "coco"
+    directory = state.import_root / "coco"
     write_coco(directory, count=3, first_seed=60)
     path = directory / "annotations.json"
     document = json.loads(path.read_text())
