@@ -7,6 +7,7 @@ with `gradio_client`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 import torch
+from pymongo.errors import ConnectionFailure
 from gradio_image_annotation import image_annotator
 
 from app import queries, review, train
@@ -31,19 +33,36 @@ EXAMPLES_DIR = ASSETS_DIR / "examples"
 MAX_UPLOAD = "50mb"
 
 
+DATABASE_DOWN = ("The review database is not reachable ({reason}), so nothing was read or saved. Detection and "
+                 "the query views still work; try again in a moment (the app reconnects by itself).")
+
+
+@contextlib.contextmanager
+def _database_errors():
+    """A lost MongoDB connection as a message the user can act on, not Gradio's generic error."""
+    try:
+        yield
+    except ConnectionFailure as error:
+        reason = str(error).split(",")[0].split(" (")[0][:120] or type(error).__name__
+        raise gr.Error(DATABASE_DOWN.format(reason=reason)) from None
+
+
 def bind(handler: Callable, state: AppState) -> Callable:
     """``handler`` with ``state`` as its first argument, seen by Gradio as the rest of its signature
-    (so ``gr.Request`` / ``gr.SelectData`` parameters are still injected)."""
+    (so ``gr.Request`` / ``gr.SelectData`` parameters are still injected). A lost database
+    connection becomes a clear `gr.Error`."""
     signature = inspect.signature(handler)
     first = next(iter(signature.parameters))
     if inspect.isgeneratorfunction(handler):
         @functools.wraps(handler)
         def bound(*args, **kwargs):
-            yield from handler(state, *args, **kwargs)
+            with _database_errors():
+                yield from handler(state, *args, **kwargs)
     else:
         @functools.wraps(handler)
         def bound(*args, **kwargs):
-            return handler(state, *args, **kwargs)
+            with _database_errors():
+                return handler(state, *args, **kwargs)
     bound.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
     bound.__annotations__ = {k: v for k, v in handler.__annotations__.items() if k != first}
     return bound
@@ -134,8 +153,9 @@ def _queries_tab(state: AppState, image, files, model, threshold, size, model_qu
 
     def slot_plot(files, model_name, slots_text, size):
         """Fig. 7 over the multi-image upload, else over (up to 500 of) the review dataset's images."""
-        images = [getattr(f, "name", f) for f in files] if files else state.store.dataset.limit(500).values(
-            "filepath")
+        with _database_errors():
+            images = [getattr(f, "name", f) for f in files] if files else state.store.dataset.limit(500).values(
+                "filepath")
         return queries.slot_specialization(state, images, model_name, slots_text, size)
 
     plot_button.click(slot_plot, inputs=[files, model, slots, size], outputs=[plot], api_name="slot_plot",
@@ -147,6 +167,7 @@ def _with_labels(handler, state: AppState):
     """Wrap a handler whose first output is the editor value so the editor offers the dataset's labels."""
 
     @functools.wraps(handler)
+    @_database_errors()
     def wrapped(*args):
         value, *rest = handler(*args)
         labels = state.store.labels

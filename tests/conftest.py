@@ -36,31 +36,36 @@ from core.family import FAMILIES  # noqa: E402
 LABELS = ["circle", "square", "triangle"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def pytest_configure(config):
-    """Start the MongoDB that FiftyOne ships (fiftyone/db/bin/mongod) on a free local port."""
-    global _mongod
+def start_mongod(dbpath: str | Path, port: int) -> subprocess.Popen:
+    """The MongoDB that FiftyOne ships (fiftyone/db/bin/mongod) on ``dbpath``, listening on ``port``."""
     mongod = Path(importlib.util.find_spec("fiftyone").submodule_search_locations[0]) / "db" / "bin" / "mongod"
-    port = _free_port()
-    _mongod = subprocess.Popen(
-        [str(mongod), "--dbpath", _THROWAWAY_DB, "--port", str(port), "--bind_ip", "127.0.0.1", "--nounixsocket",
-         "--logpath", str(Path(_THROWAWAY_DB) / "mongod.log")],
+    process = subprocess.Popen(
+        [str(mongod), "--dbpath", str(dbpath), "--port", str(port), "--bind_ip", "127.0.0.1", "--nounixsocket",
+         "--logpath", str(Path(dbpath) / "mongod.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return process
         except OSError:
-            if _mongod.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the test MongoDB ({mongod}) did not start; see {_THROWAWAY_DB}/mongod.log")
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the test MongoDB ({mongod}) did not start; see {dbpath}/mongod.log")
             time.sleep(0.1)
+
+
+def pytest_configure(config):
+    """Start a throwaway MongoDB on a free local port for the whole run."""
+    global _mongod
+    port = free_port()
+    _mongod = start_mongod(_THROWAWAY_DB, port)
     os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
 
 

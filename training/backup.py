@@ -57,6 +57,7 @@ def backup(store, registry: Registry, out_dir: Path) -> dict:
                 detections = sample.predictions.detections if sample.predictions is not None else []
                 record = sample.review.to_dict() if sample.review is not None else {}
                 record.pop("_cls", None)
+                record.pop("ground_truth", None)  # the revision's copy of the truth: labels.json holds it
                 versions_used = sorted({d.model_version for d in detections if d.model_version})
                 records[Path(sample.filepath).name] = {"review": record, "model_versions": versions_used}
             (tmp / "reviews" / "records.json").write_text(json.dumps(records, indent=1, default=str))
@@ -70,6 +71,10 @@ def backup(store, registry: Registry, out_dir: Path) -> dict:
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         tmp.rename(out_dir)
+    except OSError as error:  # a full disk, a folder we may not write: nothing is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BackupError(f"the backup to {out_dir} could not be written ({error.strerror or error}); nothing was "
+                          "left there. Free some disk space (or choose another folder) and run it again.") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,6 +14,7 @@ A version's name in the app and CLI is ``version:v0001``; `core.loading` loads i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,10 +23,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from core.loading import VERSION_PREFIX as PREFIX
 from core.loading import ModelLoadError
 
 VERSION = re.compile(r"^v(\d{4,})$")
+
+logger = logging.getLogger(__name__)
 
 
 class RegistryError(ValueError):
@@ -62,7 +67,12 @@ class Registry:
         for path in self.root.iterdir():
             match = VERSION.match(path.name)
             if match and (path / "version.json").is_file():
-                found.append((int(match.group(1)), ModelVersion(path.name, path, json.loads((path / "version.json").read_text()))))
+                try:
+                    info = json.loads((path / "version.json").read_text())
+                except (OSError, ValueError) as error:  # one damaged version must not hide the others
+                    logger.warning("skipping model version %s: unreadable version.json (%s)", path.name, error)
+                    continue
+                found.append((int(match.group(1)), ModelVersion(path.name, path, info)))
         return [version for _, version in sorted(found, key=lambda item: item[0])]
 
     def get(self, name: str) -> ModelVersion:
@@ -106,6 +116,11 @@ class Registry:
                     break
                 except OSError:
                     number += 1
+        except (OSError, SafetensorError) as error:  # a full disk (safetensors reports it as its own error)
+            shutil.rmtree(tmp, ignore_errors=True)
+            reason = getattr(error, "strerror", None) or str(error).strip()[:200]
+            raise RegistryError(f"the new model version could not be written to {self.root} ({reason}); nothing "
+                                "was registered. Free some disk space and fine-tune again.") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
