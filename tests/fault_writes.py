@@ -12,32 +12,36 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conftest import save_tiny_model  # noqa: E402
 
-kind, data_dir, dataset, out, limit = sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), int(sys.argv[5])
+def main() -> int:
+    sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+    from conftest import save_tiny_model
+    from datasets.coco import CocoError, export_reviewed
+    from datasets.database import configure_fiftyone
+    from training.backup import BackupError, backup
+    from training.registry import Registry, RegistryError
 
-from datasets.coco import CocoError, export_reviewed  # noqa: E402
-from datasets.database import configure_fiftyone  # noqa: E402
-from training.backup import BackupError, backup  # noqa: E402
-from training.registry import Registry, RegistryError  # noqa: E402
+    kind, data_dir, dataset, out, limit = sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), int(sys.argv[5])
+    configure_fiftyone(data_dir)
+    from datasets.review import ReviewStore
 
-configure_fiftyone(data_dir)
-from datasets.review import ReviewStore  # noqa: E402
+    store = ReviewStore.open(dataset, data_dir)
+    registry = Registry(data_dir / "models")
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write() instead of the signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        if kind == "version":
+            registry.add(lambda directory: save_tiny_model(directory, "detr"), {"base": "test"})
+        elif kind == "export":
+            export_reviewed(store.reviewed_view(), out, store.labels)
+        else:
+            backup(store, registry, out)
+    except (RegistryError, CocoError, BackupError) as error:
+        print(error)
+        return 3
+    return 0
 
-store = ReviewStore.open(dataset, data_dir)
-registry = Registry(data_dir / "models")
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write() instead of the signal
-resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-try:
-    if kind == "version":
-        registry.add(lambda directory: save_tiny_model(directory, "detr"), {"base": "test"})
-    elif kind == "export":
-        export_reviewed(store.reviewed_view(), out, store.labels)
-    else:
-        backup(store, registry, out)
-except (RegistryError, CocoError, BackupError) as error:
-    print(error)
-    sys.exit(3)
+
+if __name__ == "__main__":
+    sys.exit(main())
