@@ -9,6 +9,7 @@ made against, so a reviewer never silently overwrites another's work.
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -74,13 +75,17 @@ def load_sample(state: AppState, sample_id: str, threshold: float = 0.5):
         item = state.store.get(sample_id)
     except ReviewError as error:
         raise gr.Error(str(error)) from None
-    if item.ground_truth is not None:
-        boxes = item.ground_truth
-    else:
-        boxes = item.predictions[item.predictions.confidence >= float(threshold)] if len(item.predictions) else \
-            item.predictions
-    value = {"image": item.filepath, "boxes": _editor_boxes(boxes, state.store.labels)}
+    value = {"image": item.filepath, "boxes": _editor_boxes(shown_boxes(item, threshold), state.store.labels)}
     return value, item.sample_id, item.revision, _status(state, item)
+
+
+def shown_boxes(item, threshold: float) -> sv.Detections:
+    """What the editor opens a sample with: its truth if it has one, else the predictions at ``threshold``."""
+    if item.ground_truth is not None:
+        return item.ground_truth
+    if not len(item.predictions):
+        return item.predictions
+    return item.predictions[item.predictions.confidence >= float(threshold)]
 
 
 def send_to_review(state: AppState, image, model_name: str, threshold: float, size: int | None = None):
@@ -131,9 +136,9 @@ def undo_review(state: AppState, sample_id: str, revision, reviewer: str, thresh
     return value, sample_id, revision, f"Undone. {status}"
 
 
-def next_to_review(state: AppState, current: str | None = None, threshold: float = 0.5):
-    """The most uncertain unreviewed sample (skipping the one on screen)."""
-    sample_id = state.store.next_to_review(skip=[current] if current else [])
+def next_to_review(state: AppState, current: str | None = None, threshold: float = 0.5, skipped=()):
+    """The most uncertain unreviewed sample (skipping the one on screen and those in ``skipped``)."""
+    sample_id = state.store.next_to_review(skip=[current, *skipped] if current else list(skipped))
     if sample_id is None:
         if current:
             return load_sample(state, current, threshold)
@@ -172,24 +177,31 @@ def review_counts(state: AppState) -> str:
 # ---- import / export ----------------------------------------------------------------------------
 
 def import_folder(state: AppState, folder: str, model_name: str, threshold: float, size: int | None = None) -> str:
-    """Add every image under ``folder``, pre-annotated by the model; unreadable files are listed."""
+    """Add every image under ``folder`` (a server folder under the import roots), pre-annotated by
+    the model; unreadable files are listed."""
     threshold, size = threshold_value(threshold), processing_size(size)
     root = state.server_path(folder, "import")
     try:
         paths = list_images(root)
     except CocoError as error:
         raise gr.Error(str(error)) from None
+    return import_images(state, paths, model_name, threshold, size, where=str(root))
+
+
+def import_images(state: AppState, paths: list[Path], model_name: str, threshold: float, size: int | None,
+                  where: str) -> str:
+    """Add the images at ``paths`` with the model's predictions; unreadable files are listed and skipped."""
     detector = detector_for(state.models, model_name)
     added, problems = 0, []
     for path in paths:
         try:
             picture = load_image(path)
         except ImageError as error:
-            problems.append(f"{path.name}: {error}")
+            problems.append(f"{Path(path).name}: {error}")
             continue
         _add(state, picture, predict(detector, [picture], shortest_edge=size)[0], detector, threshold)
         added += 1
-    report = f"Imported {added} of {len(paths)} images from {html.escape(str(root))}."
+    report = f"Imported {added} of {len(paths)} images from {html.escape(where)}."
     if problems:
         report += "\n\nSkipped:\n" + "\n".join(f"- {html.escape(p)}" for p in problems)
     return f"{report}\n\n{review_counts(state)}"
@@ -197,13 +209,20 @@ def import_folder(state: AppState, folder: str, model_name: str, threshold: floa
 
 def import_coco(state: AppState, annotations: str, images_dir: str | None, model_name: str, threshold: float,
                 size: int | None = None) -> str:
-    """Import a COCO dataset: its boxes become ``ground_truth`` (status ``imported``), the model's
-    output ``predictions``. The whole file is checked before anything is written."""
+    """Import a COCO dataset from server paths under the import roots (see `import_coco_files`)."""
     threshold, size = threshold_value(threshold), processing_size(size)
     annotations_path = state.server_path(annotations, "import")
     images_path = state.server_path(images_dir, "import") if images_dir and str(images_dir).strip() else None
+    return import_coco_files(state, annotations_path, images_path, model_name, threshold, size)
+
+
+def import_coco_files(state: AppState, annotations: Path, images_dir: Path | None, model_name: str,
+                      threshold: float, size: int | None) -> str:
+    """A COCO dataset's boxes become ``ground_truth`` (status ``imported``), the model's output
+    ``predictions``. The whole file, its labels and every image's boxes are checked before anything
+    is written."""
     try:
-        labels, images = read_coco(annotations_path, images_path)
+        labels, images = read_coco(annotations, images_dir)
         pictures = [load_image(image.path) for image in images]
     except (CocoError, ImageError) as error:
         raise gr.Error(f"{error} Nothing was imported.") from None

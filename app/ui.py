@@ -18,7 +18,7 @@ import torch
 from pymongo.errors import ConnectionFailure
 from gradio_image_annotation import image_annotator
 
-from app import queries, review, train
+from app import flow, queries, review, train, transfer
 from app.access import access_note, may_change_data, needs_sign_in, user_name_in
 from app.detect import DETECTION_HEADERS, detect, detect_batch, model_labels
 from app.fiftyone_app import mount_fiftyone
@@ -30,6 +30,21 @@ from core.loading import ASSETS_DIR
 from training.config import SUGGESTED_LR
 
 EXAMPLES_DIR = ASSETS_DIR / "examples"
+# Review keys: they press the Review tab's buttons, only while it is shown and never while typing.
+KEYBOARD = """<script>
+document.addEventListener("keydown", (event) => {
+  const target = event.target;
+  if (target && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName))) return;
+  const keys = {"Enter": "review-accept", "s": "review-skip", "n": "review-next", "u": "review-undo"};
+  let id = keys[event.key];
+  if ((event.ctrlKey || event.metaKey) && event.key === "s") id = "review-save";
+  else if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const button = id && document.getElementById(id);
+  if (!button || button.offsetParent === null) return;  // the Review tab is not shown
+  event.preventDefault();
+  button.click();
+});
+</script>"""
 MAX_UPLOAD = "50mb"
 
 
@@ -91,7 +106,9 @@ def _detect_tab(state: AppState, model, threshold, size, model_queue: dict):
                                  elem_id="detect-table")
     with gr.Accordion("Several images at once", open=False):
         files = gr.File(file_count="multiple", file_types=["image"], label="Images", elem_id="batch-input")
-        run_batch = gr.Button("Detect all", elem_id="batch-button")
+        with gr.Row():
+            run_batch = gr.Button("Detect all", elem_id="batch-button")
+            send_all = gr.Button("Send all to review", elem_id="send-all-to-review")
         gallery = gr.Gallery(label="Annotated", columns=4, height="auto", elem_id="batch-gallery")
         batch_status = gr.Markdown()
         batch_table = gr.Dataframe(headers=["file", *DETECTION_HEADERS], interactive=False, label="All detections")
@@ -106,7 +123,7 @@ def _detect_tab(state: AppState, model, threshold, size, model_queue: dict):
         return getattr(files[evt.index], "name", files[evt.index])
 
     gallery.select(pick, inputs=[files], outputs=[image], api_name=False)
-    return image, files, send
+    return image, files, send, send_all, batch_status
 
 
 def _queries_tab(state: AppState, image, files, model, threshold, size, model_queue: dict):
@@ -189,11 +206,34 @@ def _review_tab():
             sample_id = gr.Textbox(label="Sample", interactive=False, elem_id="review-sample")
             revision = gr.Number(label="Revision", value=0, precision=0, interactive=False, elem_id="review-revision")
             reviewer = gr.Textbox(label="Reviewer", value="reviewer", elem_id="review-reviewer")
-            save = gr.Button("Save", variant="primary", elem_id="review-save")
-            undo = gr.Button("Undo last save", elem_id="review-undo")
-            next_button = gr.Button("Next to review (most uncertain first)", elem_id="review-next")
+            accept = gr.Button("Accept and next (Enter)", variant="primary", elem_id="review-accept")
+            with gr.Row():
+                save = gr.Button("Save (Ctrl+S)", elem_id="review-save")
+                skip = gr.Button("Skip (S)", elem_id="review-skip")
+            with gr.Row():
+                undo = gr.Button("Undo last save (U)", elem_id="review-undo")
+                next_button = gr.Button("Next to review (N)", elem_id="review-next")
             counts = gr.Markdown(elem_id="review-counts")
-    with gr.Accordion("Import and export", open=False):
+            progress = gr.Markdown(elem_id="review-progress")
+            gr.Markdown("Keys (not while typing): Enter accept and next, S skip, N next, U undo, Ctrl+S save; "
+                        "in the editor, Delete removes the selected box.")
+    strip_ids = gr.State([])
+    session = gr.State(flow.Session())
+    strip = gr.Gallery(label="Next in the queue (top confidence); click one to open it", columns=10, height=150,
+                       allow_preview=False, elem_id="review-strip")
+    with gr.Accordion("Upload to review, download as COCO", open=False):
+        with gr.Row():
+            upload = gr.File(file_count="multiple", file_types=["image", ".zip"], elem_id="review-upload",
+                             label="Images, a zip of images, or a zip of a COCO dataset (annotations JSON + images)")
+            with gr.Column():
+                import_upload = gr.Button("Add to the review dataset", elem_id="review-import-upload")
+                upload_status = gr.Markdown(elem_id="review-upload-status")
+        with gr.Row():
+            since = gr.Textbox(label="Reviewed since (UTC date, optional)", placeholder="2026-12-01")
+            by = gr.Textbox(label="By reviewer (optional)")
+            download = gr.Button("Download reviewed samples as COCO zip", elem_id="review-download")
+            archive = gr.File(label="COCO zip", interactive=False, elem_id="review-archive")
+    with gr.Accordion("Import and export on the server (under DATA/imports, DATA/exports)", open=False):
         with gr.Row():
             folder = gr.Textbox(label="Folder of images (on the server)")
             import_folder = gr.Button("Import folder")
@@ -215,9 +255,11 @@ def _review_tab():
         open_app = gr.Button("Open in FiftyOne", elem_id="open-fiftyone")
         fiftyone_link = gr.Markdown()
     return dict(editor=editor, status=status, sample_id=sample_id, revision=revision, reviewer=reviewer, save=save,
+                accept=accept, skip=skip, progress=progress, strip=strip, strip_ids=strip_ids, session=session,
                 undo=undo, next=next_button, counts=counts, folder=folder, import_folder=import_folder, coco=coco,
                 coco_images=coco_images, import_coco=import_coco, export_dir=export_dir, export=export,
-                io_status=io_status, evaluate=evaluate, eval_summary=eval_summary, per_class=per_class,
+                io_status=io_status, upload=upload, import_upload=import_upload, upload_status=upload_status,
+                since=since, by=by, download=download, archive=archive, evaluate=evaluate, eval_summary=eval_summary, per_class=per_class,
                 pr_plot=pr_plot, open_app=open_app, fiftyone_link=fiftyone_link)
 
 
@@ -289,7 +331,7 @@ def build_app(state: AppState) -> gr.Blocks:
     def editor(handler):
         return _with_labels(bind(handler, state), state)
 
-    with gr.Blocks(title="DETR Studio") as demo:
+    with gr.Blocks(title="DETR Studio", head=KEYBOARD) as demo:
         gr.Markdown("# DETR Studio\nSee inside DETR-family detectors, review their output into FiftyOne.")
         if config.on_space and config.oauth_client_id:  # hf_oauth: true; off Spaces it would break local runs
             gr.LoginButton()
@@ -302,7 +344,7 @@ def build_app(state: AppState) -> gr.Blocks:
             size = gr.Slider(0, 1344, value=0, step=32, label="Processing size (shortest edge, px)", scale=1,
                              info="0 = the model's own (800 for DETR-R50, 224 for bundled); 512 is ~3x faster on CPU.")
         with gr.Tab("Detect"):
-            image, files, send = _detect_tab(state, model, threshold, size, model_queue)
+            image, files, send, send_all, batch_status = _detect_tab(state, model, threshold, size, model_queue)
         with gr.Tab("Queries"):
             key, query, promote = _queries_tab(state, image, files, model, threshold, size, model_queue)
         with gr.Tab("Review"):
@@ -329,13 +371,28 @@ def build_app(state: AppState) -> gr.Blocks:
         r["undo"].click(needs_sign_in(editor(review.undo_review), config, "reviewer"),
                         inputs=[r["sample_id"], r["revision"], r["reviewer"], threshold], outputs=loaded,
                         api_name="undo_review")
+        strip = dict(fn=bind(flow.queue_strip, state), inputs=[r["sample_id"], r["session"]],
+                     outputs=[r["strip"], r["strip_ids"], r["progress"]], api_name=False)
         r["next"].click(editor(review.next_to_review), inputs=[r["sample_id"], threshold], outputs=loaded,
-                        api_name="next_to_review").then(**counts)
+                        api_name="next_to_review").then(**counts).then(**strip)
+        r["accept"].click(needs_sign_in(editor(flow.accept_and_next), config, "reviewer"),
+                          inputs=[r["sample_id"], r["revision"], r["reviewer"], threshold, r["session"]],
+                          outputs=[*loaded, r["session"]], api_name="accept_and_next").then(**counts).then(**strip)
+        r["skip"].click(editor(flow.skip), inputs=[r["sample_id"], threshold, r["session"]],
+                        outputs=[*loaded, r["session"]], api_name="skip").then(**strip)
+        r["strip"].select(editor(flow.open_from_strip), inputs=[r["strip_ids"], threshold], outputs=loaded,
+                          api_name=False)
         r["import_folder"].click(writes(review.import_folder), inputs=[r["folder"], model, threshold, size],
                                  outputs=[r["io_status"]], api_name="import_folder", **model_queue)
         r["import_coco"].click(writes(review.import_coco),
                                inputs=[r["coco"], r["coco_images"], model, threshold, size],
                                outputs=[r["io_status"]], api_name="import_coco", **model_queue)
+        r["import_upload"].click(writes(transfer.import_upload), inputs=[r["upload"], model, threshold, size],
+                                 outputs=[r["upload_status"]], api_name="import_upload", **model_queue).then(**counts)
+        send_all.click(writes(transfer.import_upload), inputs=[files, model, threshold, size], outputs=[batch_status],
+                       api_name=False, **model_queue).then(**counts)
+        r["download"].click(writes(transfer.export_download), inputs=[r["since"], r["by"]], outputs=[r["archive"]],
+                            api_name="export_download")
         r["export"].click(writes(review.export_coco), inputs=[r["export_dir"]], outputs=[r["io_status"]],
                           api_name="export_coco")
         r["evaluate"].click(writes(review.evaluate_reviewed),

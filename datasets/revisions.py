@@ -69,6 +69,17 @@ def stale_message(review: dict, revision: int, outside: bool) -> str:
     return f"this image is at revision {review.get('revision')}, not {revision}. Reload it and try again."
 
 
+def _compare_and_set(collection, raw: dict, fields: dict) -> bool:
+    """``$set`` ``fields`` on the sample ``raw`` in one update, only if its revision, truth and tags are
+    still exactly those of ``raw`` (the document as read); returns whether it was written."""
+    result = collection.update_one(
+        {"_id": raw["_id"], "review.revision": (raw.get("review") or {}).get("revision"),
+         "ground_truth": raw.get("ground_truth"), "tags": raw.get("tags", [])},
+        {"$set": {**fields, "last_modified_at": now()}},
+    )
+    return result.matched_count == 1
+
+
 def write(collection, raw: dict, revision: int, change: Callable[[dict], dict]) -> int:
     """Write ``change(raw)`` (the fields to ``$set``) as revision ``revision + 1`` of the sample ``raw``
     (its document as just read), if ``revision`` is current and nothing changed in between; returns
@@ -78,14 +89,7 @@ def write(collection, raw: dict, revision: int, change: Callable[[dict], dict]) 
         raise StaleRevisionError(stale_message(review, revision, outside=False))
     if truth_changed_outside(raw):
         raise StaleRevisionError(stale_message(review, revision, outside=True))
-    fields = change(raw)
-    fields["last_modified_at"] = now()
-    result = collection.update_one(
-        {"_id": raw["_id"], "review.revision": int(revision), "ground_truth": raw.get("ground_truth"),
-         "tags": raw.get("tags", [])},
-        {"$set": fields},
-    )
-    if result.matched_count != 1:  # another writer between our read and this update
+    if not _compare_and_set(collection, raw, change(raw)):  # another writer between our read and this update
         current = collection.find_one({"_id": raw["_id"]}, {"review": 1}) or {}
         raise StaleRevisionError(stale_message(current.get("review") or {}, revision,
                                                outside=int((current.get("review") or {}).get("revision", -1))
@@ -100,21 +104,7 @@ def adopt(collection, raw: dict, who: str | None = None) -> bool:
     if not truth_changed_outside(raw):
         return False
     review = raw["review"]
-    revision = int(review.get("revision", 0))
-
-    def change(raw: dict) -> dict:
-        history = list(raw.get("review_history") or [])
-        history.append({**review, "_cls": RECORD_CLASS})  # the previous record, with the truth it wrote
-        return {"review": record(review.get("status"), who or OUTSIDE, revision + 1, raw.get("ground_truth"),
-                                 raw.get("last_modified_at") or now()),
-                "review_history": history}
-
-    # `write` would refuse this very difference; the filter below is the same compare-and-set.
-    fields = change(raw)
-    fields["last_modified_at"] = now()
-    result = collection.update_one(
-        {"_id": raw["_id"], "review.revision": revision, "ground_truth": raw.get("ground_truth"),
-         "tags": raw.get("tags", [])},
-        {"$set": fields},
-    )
-    return result.matched_count == 1
+    history = [*(raw.get("review_history") or []), {**review, "_cls": RECORD_CLASS}]  # with the truth it wrote
+    adopted = record(review.get("status"), who or OUTSIDE, int(review.get("revision", 0)) + 1,
+                     raw.get("ground_truth"), raw.get("last_modified_at") or now())
+    return _compare_and_set(collection, raw, {"review": adopted, "review_history": history})

@@ -12,7 +12,8 @@ from core.loading import ASSETS_DIR
 SHAPES = ASSETS_DIR / "examples" / "shapes-701.png"
 API_NAMES = ["/detect", "/detect_batch", "/queries", "/query_attention", "/slot_plot", "/send_to_review",
              "/promote_query", "/save_review", "/undo_review", "/next_to_review", "/import_folder", "/import_coco",
-             "/export_coco", "/evaluate", "/open_fiftyone"]
+             "/export_coco", "/evaluate", "/open_fiftyone", "/accept_and_next", "/skip", "/import_upload",
+             "/export_download"]
 
 
 def serve(state, **options):

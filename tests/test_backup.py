@@ -50,7 +50,7 @@ def test_backup_refuses_a_used_folder_and_leaves_nothing_half_written(review_sto
         raise OSError("disk full")
 
     monkeypatch.setattr(training.backup.shutil, "copytree", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(BackupError, match="disk full.*nothing was left"):
         backup(review_store, registry, tmp_path / "new")
     assert not any(p.name.startswith((".new", "new")) for p in tmp_path.iterdir())
 
