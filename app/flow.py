@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from app.state import AppState
 
 STRIP_LENGTH = 10
+DEFAULT_QUEUE = "unreviewed, most uncertain first"
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Session:
     started: float = field(default_factory=time.time)
     reviewed: int = 0
     skipped: list[str] = field(default_factory=list)
+    view: str | None = None  # a saved FiftyOne view as the queue; None: unreviewed, most uncertain first
 
     def progress(self) -> str:
         hours = max(time.time() - self.started, 1.0) / 3600
@@ -58,8 +60,8 @@ def accept_and_next(state: AppState, sample_id: str, revision, reviewer: str, th
     except ReviewError as error:
         raise gr.Error(str(error)) from None
     session.reviewed += 1
-    value, next_id, next_revision, status = next_to_review(state, sample_id, threshold, session.skipped)
-    return value, next_id, next_revision, f"Accepted. {status}", session
+    value, next_id, revision, status = next_to_review(state, sample_id, threshold, session.skipped, session.view)
+    return value, next_id, revision, f"Accepted. {status}", session
 
 
 def skip(state: AppState, sample_id: str, threshold: float = 0.5, session: Session | None = None):
@@ -68,19 +70,41 @@ def skip(state: AppState, sample_id: str, threshold: float = 0.5, session: Sessi
     session = session or Session()
     if sample_id and sample_id not in session.skipped:
         session.skipped.append(sample_id)
-    if state.store.next_to_review(skip=session.skipped) is None:
+    if state.store.next_to_review(session.skipped, session.view) is None:
         raise gr.Error("Nothing left to review in this session (the rest were skipped); reload the page to see "
                        "skipped images again.")
-    value, next_id, revision, status = next_to_review(state, sample_id, threshold, session.skipped)
+    value, next_id, revision, status = next_to_review(state, sample_id, threshold, session.skipped, session.view)
     return value, next_id, revision, f"Skipped. {status}", session
+
+
+def next_in_queue(state: AppState, current: str | None = None, threshold: float = 0.5, session: Session | None = None):
+    """The next sample of this session's queue (see `choose_queue`)."""
+    session = session or Session()
+    return (*next_to_review(state, current, threshold, session.skipped, session.view), session)
+
+
+def queue_choices(state: AppState) -> list[tuple[str, str]]:
+    """The queues to choose from: the default, then every saved FiftyOne view of the dataset."""
+    return [(DEFAULT_QUEUE, "")] + [(f"saved view: {name}", name) for name in state.store.dataset.list_saved_views()]
+
+
+def choose_queue(state: AppState, view: str | None, threshold: float = 0.5, session: Session | None = None):
+    """Make saved view ``view`` (empty: the default) this session's queue and open its first sample."""
+    session = session or Session()
+    session.view, session.skipped = (view or None), []
+    return next_in_queue(state, None, threshold, session)
 
 
 def queue_strip(state: AppState, current: str | None = None, session: Session | None = None):
     """The next `STRIP_LENGTH` images of the queue as ``(thumbnail, top confidence)``, their sample ids,
     and the session's progress."""
     session = session or Session()
-    view = state.store.queue([current, *session.skipped] if current else session.skipped).limit(STRIP_LENGTH)
-    ids, paths, scores = view.values("id"), view.values("filepath"), view.values("top_confidence")
+    try:
+        chosen = state.store.queue([current, *session.skipped] if current else session.skipped, session.view)
+    except ReviewError as error:
+        raise gr.Error(str(error)) from None
+    chosen = chosen.limit(STRIP_LENGTH)
+    ids, paths, scores = chosen.values("id"), chosen.values("filepath"), chosen.values("top_confidence")
     return [(path, f"{score or 0:.2f}") for path, score in zip(paths, scores)], [str(i) for i in ids], \
         session.progress()
 

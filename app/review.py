@@ -136,9 +136,14 @@ def undo_review(state: AppState, sample_id: str, revision, reviewer: str, thresh
     return value, sample_id, revision, f"Undone. {status}"
 
 
-def next_to_review(state: AppState, current: str | None = None, threshold: float = 0.5, skipped=()):
-    """The most uncertain unreviewed sample (skipping the one on screen and those in ``skipped``)."""
-    sample_id = state.store.next_to_review(skip=[current, *skipped] if current else list(skipped))
+def next_to_review(state: AppState, current: str | None = None, threshold: float = 0.5, skipped=(),
+                   view: str | None = None):
+    """The next sample of the queue (the most uncertain unreviewed one, or the next of saved view
+    ``view``), skipping the one on screen and those in ``skipped``."""
+    try:
+        sample_id = state.store.next_to_review([current, *skipped] if current else list(skipped), view)
+    except ReviewError as error:
+        raise gr.Error(str(error)) from None
     if sample_id is None:
         if current:
             return load_sample(state, current, threshold)

@@ -7,22 +7,18 @@ with `gradio_client`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import inspect
-from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
 import torch
-from pymongo.errors import ConnectionFailure
 from gradio_image_annotation import image_annotator
 
 from app import flow, queries, review, train, transfer
 from app.access import access_note, may_change_data, needs_sign_in, user_name_in
+from app.binding import bind, database_errors, with_labels
 from app.detect import DETECTION_HEADERS, detect, detect_batch, model_labels
 from app.fiftyone_app import mount_fiftyone
-from app.render import class_color
 from app.state import AppState
 from app.upload import UploadedImage
 from core.hybrid import HYBRID
@@ -46,41 +42,6 @@ document.addEventListener("keydown", (event) => {
 });
 </script>"""
 MAX_UPLOAD = "50mb"
-
-
-DATABASE_DOWN = ("The review database is not reachable ({reason}), so nothing was read or saved. Detection and "
-                 "the query views still work; try again in a moment (the app reconnects by itself).")
-
-
-@contextlib.contextmanager
-def _database_errors():
-    """A lost MongoDB connection as a message the user can act on, not Gradio's generic error."""
-    try:
-        yield
-    except ConnectionFailure as error:
-        reason = str(error).split(",")[0].split(" (")[0][:120] or type(error).__name__
-        raise gr.Error(DATABASE_DOWN.format(reason=reason)) from None
-
-
-def bind(handler: Callable, state: AppState) -> Callable:
-    """``handler`` with ``state`` as its first argument, seen by Gradio as the rest of its signature
-    (so ``gr.Request`` / ``gr.SelectData`` parameters are still injected). A lost database
-    connection becomes a clear `gr.Error`."""
-    signature = inspect.signature(handler)
-    first = next(iter(signature.parameters))
-    if inspect.isgeneratorfunction(handler):
-        @functools.wraps(handler)
-        def bound(*args, **kwargs):
-            with _database_errors():
-                yield from handler(state, *args, **kwargs)
-    else:
-        @functools.wraps(handler)
-        def bound(*args, **kwargs):
-            with _database_errors():
-                return handler(state, *args, **kwargs)
-    bound.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
-    bound.__annotations__ = {k: v for k, v in handler.__annotations__.items() if k != first}
-    return bound
 
 
 def _examples() -> list[str]:
@@ -170,7 +131,7 @@ def _queries_tab(state: AppState, image, files, model, threshold, size, model_qu
 
     def slot_plot(files, model_name, slots_text, size):
         """Fig. 7 over the multi-image upload, else over (up to 500 of) the review dataset's images."""
-        with _database_errors():
+        with database_errors():
             images = [getattr(f, "name", f) for f in files] if files else state.store.dataset.limit(500).values(
                 "filepath")
         return queries.slot_specialization(state, images, model_name, slots_text, size)
@@ -178,21 +139,6 @@ def _queries_tab(state: AppState, image, files, model, threshold, size, model_qu
     plot_button.click(slot_plot, inputs=[files, model, slots, size], outputs=[plot], api_name="slot_plot",
                       **model_queue)
     return key, query, promote
-
-
-def _with_labels(handler, state: AppState):
-    """Wrap a handler whose first output is the editor value so the editor offers the dataset's labels."""
-
-    @functools.wraps(handler)
-    @_database_errors()
-    def wrapped(*args):
-        value, *rest = handler(*args)
-        labels = state.store.labels
-        editor = image_annotator(value=value, label_list=labels,
-                                 label_colors=[class_color(i) for i in range(len(labels))])
-        return (editor, *rest)
-
-    return wrapped
 
 
 def _review_tab():
@@ -213,6 +159,8 @@ def _review_tab():
             with gr.Row():
                 undo = gr.Button("Undo last save (U)", elem_id="review-undo")
                 next_button = gr.Button("Next to review (N)", elem_id="review-next")
+            queue = gr.Dropdown(choices=[(flow.DEFAULT_QUEUE, "")], value="", label="Queue (or a saved FiftyOne view)",
+                                elem_id="review-queue")
             counts = gr.Markdown(elem_id="review-counts")
             progress = gr.Markdown(elem_id="review-progress")
             gr.Markdown("Keys (not while typing): Enter accept and next, S skip, N next, U undo, Ctrl+S save; "
@@ -255,7 +203,7 @@ def _review_tab():
         open_app = gr.Button("Open in FiftyOne", elem_id="open-fiftyone")
         fiftyone_link = gr.Markdown()
     return dict(editor=editor, status=status, sample_id=sample_id, revision=revision, reviewer=reviewer, save=save,
-                accept=accept, skip=skip, progress=progress, strip=strip, strip_ids=strip_ids, session=session,
+                accept=accept, skip=skip, progress=progress, queue=queue, strip=strip, strip_ids=strip_ids, session=session,
                 undo=undo, next=next_button, counts=counts, folder=folder, import_folder=import_folder, coco=coco,
                 coco_images=coco_images, import_coco=import_coco, export_dir=export_dir, export=export,
                 io_status=io_status, upload=upload, import_upload=import_upload, upload_status=upload_status,
@@ -329,7 +277,7 @@ def build_app(state: AppState) -> gr.Blocks:
         return needs_sign_in(bind(handler, state), config, name_argument)
 
     def editor(handler):
-        return _with_labels(bind(handler, state), state)
+        return with_labels(bind(handler, state), state)
 
     with gr.Blocks(title="DETR Studio", head=KEYBOARD) as demo:
         gr.Markdown("# DETR Studio\nSee inside DETR-family detectors, review their output into FiftyOne.")
@@ -373,8 +321,12 @@ def build_app(state: AppState) -> gr.Blocks:
                         api_name="undo_review")
         strip = dict(fn=bind(flow.queue_strip, state), inputs=[r["sample_id"], r["session"]],
                      outputs=[r["strip"], r["strip_ids"], r["progress"]], api_name=False)
-        r["next"].click(editor(review.next_to_review), inputs=[r["sample_id"], threshold], outputs=loaded,
-                        api_name="next_to_review").then(**counts).then(**strip)
+        r["next"].click(editor(flow.next_in_queue), inputs=[r["sample_id"], threshold, r["session"]],
+                        outputs=[*loaded, r["session"]], api_name="next_to_review").then(**counts).then(**strip)
+        r["queue"].focus(bind(lambda state: gr.update(choices=flow.queue_choices(state)), state),
+                         outputs=[r["queue"]], api_name=False)
+        r["queue"].input(editor(flow.choose_queue), inputs=[r["queue"], threshold, r["session"]],
+                         outputs=[*loaded, r["session"]], api_name="choose_queue").then(**strip)
         r["accept"].click(needs_sign_in(editor(flow.accept_and_next), config, "reviewer"),
                           inputs=[r["sample_id"], r["revision"], r["reviewer"], threshold, r["session"]],
                           outputs=[*loaded, r["session"]], api_name="accept_and_next").then(**counts).then(**strip)

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import types
@@ -223,8 +224,24 @@ def cached_export(detector: Detector, cache_dir: Path, attention: bool = False) 
     info = folder / INFO_FILE
     if not (info.is_file() and (folder / MODEL_FILE).is_file()
             and json.loads(info.read_text()).get("digest") == digest):
-        export_onnx(detector, folder, attention)
+        _export_in_own_process(detector.source, folder, attention)
     return folder / MODEL_FILE
+
+
+def _export_in_own_process(source: Path, folder: Path, attention: bool) -> None:
+    """`export_onnx` of the model in ``source`` by ``python -m core.export``.
+
+    torch.export traces under a fake-tensor mode that is not safe beside inference running in
+    another thread: in a server that exports a model in the background while it detects, the two
+    aborted the whole process (bench/review_session.py, 2026-12-03). A process of its own cannot.
+    """
+    command = [sys.executable, "-m", "core.export", str(source), "--out", str(folder)]
+    result = subprocess.run(command + (["--attention"] if attention else []), capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=3600)
+    if result.returncode != 0:
+        said = [line.removeprefix("error: ") for line in result.stderr.splitlines() if line.startswith("error: ")]
+        raise ExportError(said[-1] if said else f"the export process ended with status {result.returncode}: "
+                          f"{result.stderr.strip().splitlines()[-1][:200] if result.stderr.strip() else 'no output'}")
 
 
 @dataclass

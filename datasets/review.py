@@ -40,7 +40,8 @@ from PIL import Image
 
 from datasets import revisions
 from datasets.database import check_local_database, default_data_dir
-from datasets.labels import ReviewError, StaleRevisionError, check_boxes, clean_label, from_fiftyone, to_fiftyone
+from datasets.labels import (  # noqa: F401  (StaleRevisionError: re-exported for callers)
+    ReviewError, StaleRevisionError, check_boxes, clean_label, from_fiftyone, to_fiftyone)
 
 SCHEMA_VERSION = 1
 REVIEWED_TAG = "reviewed"
@@ -352,21 +353,28 @@ class ReviewStore:
 
     # ---- reading -----------------------------------------------------------------------------
 
-    def queue(self, skip: list[str] | tuple = ()):
-        """Unreviewed samples, most uncertain first: highest FiftyOne Brain ``mistakenness`` when
-        computed, else lowest top confidence."""
+    def queue(self, skip: list[str] | tuple = (), view: str | None = None):
+        """What to review next: by default the unreviewed samples, most uncertain first (highest
+        FiftyOne Brain ``mistakenness`` when computed, else lowest top confidence); with ``view``, the
+        samples of that saved FiftyOne view (one saved in the App, or ``disagreements``) in its order."""
         from fiftyone import ViewField
 
-        view = self.dataset.match_tags(REVIEWED_TAG, bool=False)
+        if view:
+            if view not in self.dataset.list_saved_views():
+                raise ReviewError(f"there is no saved view {view!r} in {self.dataset.name!r} (saved views: "
+                                  f"{', '.join(self.dataset.list_saved_views()) or 'none'}).")
+            chosen = self.dataset.load_saved_view(view)
+            return chosen.exclude(list(skip)) if skip else chosen
+        chosen = self.dataset.match_tags(REVIEWED_TAG, bool=False)
         if skip:
-            view = view.exclude(list(skip))
+            chosen = chosen.exclude(list(skip))
         if "mistakenness" in self.dataset.get_field_schema():
-            return view.sort_by("mistakenness", reverse=True)
-        return view.sort_by(ViewField("top_confidence"))
+            return chosen.sort_by("mistakenness", reverse=True)
+        return chosen.sort_by(ViewField("top_confidence"))
 
-    def next_to_review(self, skip: list[str] | tuple = ()) -> str | None:
-        view = self.queue(skip)
-        return str(view.first().id) if len(view) else None
+    def next_to_review(self, skip: list[str] | tuple = (), view: str | None = None) -> str | None:
+        chosen = self.queue(skip, view)
+        return str(chosen.first().id) if len(chosen) else None
 
     def counts(self) -> dict[str, int]:
         reviewed = len(self.dataset.match_tags(REVIEWED_TAG))

@@ -4,7 +4,6 @@ promote a query, import, export, evaluate, and the FiftyOne App."""
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import gradio as gr
 import numpy as np

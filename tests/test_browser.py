@@ -175,3 +175,51 @@ def test_fiftyone_app_shows_the_review_dataset(review_app, page, tmp_path):
     page.wait_for_timeout(2000)  # let the grid fetch its thumbnail
     page.screenshot(path=str(tmp_path / "fiftyone.png"))
     assert media and set(media) <= {200, 206, 304}, media  # the sample's image came through the guard
+
+
+def test_keyboard_review_flow_and_a_coco_zip_upload(review_app, page, tmp_path):
+    """In the Review tab: upload a zipped COCO dataset, then Enter accepts and opens the next image,
+    S skips, U undoes; keys typed into a text box do nothing."""
+    import zipfile
+
+    from playwright.sync_api import expect
+
+    from app import review
+    from datasets.shapes import generate_sample, write_coco
+
+    url, store, served = review_app
+    for seed in (150, 151, 152):
+        review.send_to_review(served, generate_sample(seed).image, "bundled", 0.05, 0)
+    coco = tmp_path / "coco"
+    write_coco(coco, count=2, first_seed=160)
+    with zipfile.ZipFile(tmp_path / "coco.zip", "w") as archive:
+        for path in coco.rglob("*"):
+            archive.write(path, path.relative_to(coco).as_posix())
+
+    page.goto(url)
+    page.get_by_role("tab", name="Review").click()
+    page.get_by_text("Upload to review, download as COCO").click()
+    page.locator("#review-upload input[type=file]").set_input_files(str(tmp_path / "coco.zip"))
+    page.locator("#review-import-upload").click()
+    expect(page.locator("#review-upload-status")).to_contain_text("Imported 2 images", timeout=90_000)
+    assert store.dataset.count_values("review.status")["imported"] == 2
+
+    page.locator("#review-next").click()
+    expect(page.locator("#review-status")).to_contain_text("revision", timeout=60_000)
+    first = page.locator("#review-sample textarea, #review-sample input").first.input_value()
+    page.locator("#review-reviewer textarea, #review-reviewer input").first.click()
+    page.keyboard.press("s")  # typed into the reviewer box: not a shortcut
+    assert page.locator("#review-sample textarea, #review-sample input").first.input_value() == first
+    page.locator("#review-counts").click()  # focus leaves the text box
+    page.keyboard.press("Enter")
+    expect(page.locator("#review-status")).to_contain_text("Accepted", timeout=60_000)
+    assert store.get(first).status == "reviewed"
+    second = page.locator("#review-sample textarea, #review-sample input").first.input_value()
+    assert second != first
+    expect(page.locator("#review-progress")).to_contain_text("1 reviewed", timeout=30_000)
+    page.keyboard.press("s")
+    expect(page.locator("#review-status")).to_contain_text("Skipped", timeout=60_000)
+    assert page.locator("#review-sample textarea, #review-sample input").first.input_value() not in (first, second)
+    page.keyboard.press("u")  # undo on the third image, never saved: a clear message, nothing changes
+    expect(page.get_by_text("nothing to undo").first).to_be_visible(timeout=30_000)
+    page.screenshot(path=str(tmp_path / "review-flow.png"), full_page=True)

@@ -157,3 +157,19 @@ def test_exported_mask_downsampling_is_pytorchs_nearest(height, width):
     for size in [(height // 32 + 1, width // 32 + 1), (max(height // 8, 1), max(width // 8, 1)), (3, 7), (height, width)]:
         expected = torch.nn.functional.interpolate(mask[None].float(), size=size).to(torch.bool)[0]
         assert torch.equal(_nearest_mask(mask, size), expected), size
+
+
+def test_detection_runs_beside_a_background_export(calm_model_dir, tmp_path):
+    """The app prepares an engine while it keeps detecting; the export runs in its own process, since
+    torch.export beside inference in another thread aborted the whole server."""
+    from app.models import ModelCache
+
+    cache = ModelCache(engine="onnxruntime", engine_cache=tmp_path / "engines")
+    detector = cache.get(str(calm_model_dir))
+    thread = cache._preparing[str(calm_model_dir)]
+    runs = 0
+    while thread.is_alive() or runs == 0:
+        predict(detector, [data.coffee()], shortest_edge=128)
+        runs += 1
+    assert detector.engine_name == "onnxruntime" and cache.engine_note(str(calm_model_dir)) is None
+    assert runs >= 1

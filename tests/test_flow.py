@@ -77,3 +77,19 @@ def test_the_api_names(state, review_store, tiny_detr_dir, queued):
     finally:
         demo.close()
     assert review_store.get(sample_id).reviewer == "ana" and np.isfinite(review_store.get(sample_id).revision)
+
+
+def test_a_saved_view_becomes_the_queue(state, review_store, queued):
+    """Choosing a saved FiftyOne view (here the 'reviewed' view) makes its samples the queue."""
+    _, _, revision, _ = review.load_sample(state, queued[0], 0.5)
+    flow.accept_and_next(state, queued[0], revision, "ana", 0.5)
+    review_store.save_views()
+    choices = flow.queue_choices(state)
+    assert ("saved view: reviewed", "reviewed") in choices and choices[0][1] == ""
+    session = flow.Session()
+    _, sample_id, _, _, session = flow.choose_queue(state, "reviewed", 0.5, session)
+    assert sample_id == queued[0] and session.view == "reviewed"
+    items, ids, _ = flow.queue_strip(state, None, session)
+    assert ids == [queued[0]]
+    with pytest.raises(gr.Error, match="no saved view 'nope'"):
+        flow.choose_queue(state, "nope", 0.5, session)

@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetection, ResNetConfig
 
