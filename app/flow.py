@@ -61,7 +61,8 @@ def accept_and_next(state: AppState, sample_id: str, revision, reviewer: str, th
         raise gr.Error(str(error)) from None
     session.reviewed += 1
     value, next_id, revision, status = next_to_review(state, sample_id, threshold, session.skipped, session.view)
-    return value, next_id, revision, f"Accepted. {status}", session
+    done = " Nothing left in this queue." if next_id == sample_id else ""
+    return value, next_id, revision, f"Accepted.{done} {status}", session
 
 
 def skip(state: AppState, sample_id: str, threshold: float = 0.5, session: Session | None = None):

@@ -279,7 +279,7 @@ def build_app(state: AppState) -> gr.Blocks:
     def editor(handler):
         return with_labels(bind(handler, state), state)
 
-    with gr.Blocks(title="DETR Studio", head=KEYBOARD) as demo:
+    with gr.Blocks(title="DETR Studio") as demo:
         gr.Markdown("# DETR Studio\nSee inside DETR-family detectors, review their output into FiftyOne.")
         if config.on_space and config.oauth_client_id:  # hf_oauth: true; off Spaces it would break local runs
             gr.LoginButton()
@@ -368,7 +368,7 @@ def launch(demo: gr.Blocks, state: AppState, **options) -> gr.Blocks:
     (media confined to ``DATA/media``; read-only for visitors who may not change data)."""
     # A full queue answers "busy" at once instead of piling up work nobody will wait for.
     demo.queue(max_size=state.config.queue_size)
-    demo.launch(prevent_thread_lock=True, show_error=False, **launch_options(state.data_dir), **options)
+    demo.launch(prevent_thread_lock=True, show_error=False, head=KEYBOARD, **launch_options(state.data_dir), **options)
     def app_edit(sample_id: str, scope: dict) -> None:
         who = user_name_in(scope) or "a FiftyOne App user"
         state.store.adopt_outside_edit(sample_id, f"{who} (FiftyOne App)")

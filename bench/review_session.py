@@ -55,7 +55,7 @@ def main() -> None:
     from datasets.shapes import generate_sample
 
     state = AppState(AppConfig(model="bundled", dataset=f"bench-{uuid.uuid4().hex[:8]}"), data_dir)
-    total = args.images + args.browser_images
+    total = args.images + args.browser_images + 2  # each accept opens the next: one more than accepted
     for seed in range(total):
         review.send_to_review(state, generate_sample(5000 + seed).image, "bundled", 0.05, 0)
     demo = launch(build_app(state), state, server_name="127.0.0.1", server_port=None, quiet=True)
@@ -115,7 +115,9 @@ def _browser(url: str, chromium: Path, count: int) -> list[float]:
             page.keyboard.press("Enter")
             while sample.input_value() == before:  # the next sample's id is on screen
                 if time.perf_counter() - start > 60:
-                    raise TimeoutError("the next sample did not open within 60 s")
+                    page.screenshot(path="/tmp/review-bench-timeout.png", full_page=True)
+                    raise TimeoutError("the next sample did not open within 60 s (screenshot: "
+                                       "/tmp/review-bench-timeout.png)")
                 page.wait_for_timeout(5)
             page.locator("#review-editor canvas").first.wait_for(timeout=60_000)
             seconds.append(time.perf_counter() - start)
