@@ -173,6 +173,13 @@ def promote_query(state: AppState, key: str, query, sample_id: str | None, value
     return current, image_id, revision, f"{note}\n\n{status}"
 
 
+def label_keys(state: AppState) -> str:
+    """The digit keys for the labels of the first nine classes, as HTML the page's key handler reads."""
+    items = "".join(f'<kbd class="label-key" data-label="{html.escape(name, quote=True)}">{index}</kbd>&nbsp;'
+                    f"{html.escape(name)} " for index, name in enumerate(state.store.labels[:9], 1))
+    return f"<p>Select a box, then press a digit for its label: {items}</p>" if items else ""
+
+
 def review_counts(state: AppState) -> str:
     counts = state.store.counts()
     return (f"Dataset `{state.store.dataset.name}`: {counts['reviewed']} reviewed, {counts['to_review']} to review, "

@@ -31,6 +31,25 @@ KEYBOARD = """<script>
 document.addEventListener("keydown", (event) => {
   const target = event.target;
   if (target && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName))) return;
+  const editor = target && target.closest && target.closest("#review-editor");
+  if (editor && /^[1-9]$/.test(event.key) && !event.ctrlKey && !event.metaKey && !event.altKey) {
+    // A digit relabels the editor's selected box: the editor's own "e" opens its label dialog, the
+    // digit's class is typed into it and Enter confirms it, as a user would.
+    const key = document.querySelectorAll("#review-keys [data-label]")[Number(event.key) - 1];
+    if (!key) return;
+    event.preventDefault();
+    target.dispatchEvent(new KeyboardEvent("keydown", {key: "e", bubbles: true}));
+    setTimeout(() => {
+      const input = editor.querySelector("input[type=text], input:not([type])");
+      if (!input) return;  // no box selected
+      input.focus();
+      Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value").set.call(input, key.dataset.label);
+      input.dispatchEvent(new InputEvent("input", {bubbles: true, inputType: "insertText", data: key.dataset.label}));
+      // Enter in the dialog's label box picks the typed class and confirms the dialog.
+      setTimeout(() => input.dispatchEvent(new KeyboardEvent("keydown", {key: "Enter", bubbles: true})), 30);
+    }, 50);
+    return;
+  }
   const keys = {"Enter": "review-accept", "s": "review-skip", "n": "review-next", "u": "review-undo"};
   let id = keys[event.key];
   if ((event.ctrlKey || event.metaKey) && event.key === "s") id = "review-save";
@@ -164,7 +183,8 @@ def _review_tab():
             counts = gr.Markdown(elem_id="review-counts")
             progress = gr.Markdown(elem_id="review-progress")
             gr.Markdown("Keys (not while typing): Enter accept and next, S skip, N next, U undo, Ctrl+S save; "
-                        "in the editor, Delete removes the selected box.")
+                        "in the editor (click it first), Delete removes the selected box.")
+            label_keys = gr.HTML(elem_id="review-keys")
     strip_ids = gr.State([])
     session = gr.State(flow.Session())
     strip = gr.Gallery(label="Next in the queue (top confidence); click one to open it", columns=10, height=150,
@@ -203,7 +223,7 @@ def _review_tab():
         open_app = gr.Button("Open in FiftyOne", elem_id="open-fiftyone")
         fiftyone_link = gr.Markdown()
     return dict(editor=editor, status=status, sample_id=sample_id, revision=revision, reviewer=reviewer, save=save,
-                accept=accept, skip=skip, progress=progress, queue=queue, strip=strip, strip_ids=strip_ids, session=session,
+                accept=accept, skip=skip, progress=progress, queue=queue, label_keys=label_keys, strip=strip, strip_ids=strip_ids, session=session,
                 undo=undo, next=next_button, counts=counts, folder=folder, import_folder=import_folder, coco=coco,
                 coco_images=coco_images, import_coco=import_coco, export_dir=export_dir, export=export,
                 io_status=io_status, upload=upload, import_upload=import_upload, upload_status=upload_status,
@@ -307,7 +327,8 @@ def build_app(state: AppState) -> gr.Blocks:
                             api_name=False)
 
         loaded = [r["editor"], r["sample_id"], r["revision"], r["status"]]
-        counts = dict(fn=bind(review.review_counts, state), outputs=[r["counts"]], api_name=False)
+        counts = dict(fn=bind(lambda state: (review.review_counts(state), review.label_keys(state)), state),
+                      outputs=[r["counts"], r["label_keys"]], api_name=False)
         send.click(needs_sign_in(editor(review.send_to_review), config), inputs=[image, model, threshold, size],
                    outputs=loaded, api_name="send_to_review", **model_queue).then(**counts)
         promote.click(needs_sign_in(editor(review.promote_query), config),
@@ -326,14 +347,14 @@ def build_app(state: AppState) -> gr.Blocks:
         r["queue"].focus(bind(lambda state: gr.update(choices=flow.queue_choices(state)), state),
                          outputs=[r["queue"]], api_name=False)
         r["queue"].input(editor(flow.choose_queue), inputs=[r["queue"], threshold, r["session"]],
-                         outputs=[*loaded, r["session"]], api_name="choose_queue").then(**strip)
+                         outputs=[*loaded, r["session"]], api_name="choose_queue").then(**counts).then(**strip)
         r["accept"].click(needs_sign_in(editor(flow.accept_and_next), config, "reviewer"),
                           inputs=[r["sample_id"], r["revision"], r["reviewer"], threshold, r["session"]],
                           outputs=[*loaded, r["session"]], api_name="accept_and_next").then(**counts).then(**strip)
         r["skip"].click(editor(flow.skip), inputs=[r["sample_id"], threshold, r["session"]],
-                        outputs=[*loaded, r["session"]], api_name="skip").then(**strip)
+                        outputs=[*loaded, r["session"]], api_name="skip").then(**counts).then(**strip)
         r["strip"].select(editor(flow.open_from_strip), inputs=[r["strip_ids"], threshold], outputs=loaded,
-                          api_name=False)
+                          api_name=False).then(**counts)
         r["import_folder"].click(writes(review.import_folder), inputs=[r["folder"], model, threshold, size],
                                  outputs=[r["io_status"]], api_name="import_folder", **model_queue)
         r["import_coco"].click(writes(review.import_coco),

@@ -223,3 +223,39 @@ def test_keyboard_review_flow_and_a_coco_zip_upload(review_app, page, tmp_path):
     page.keyboard.press("u")  # undo on the third image, never saved: a clear message, nothing changes
     expect(page.get_by_text("nothing to undo").first).to_be_visible(timeout=30_000)
     page.screenshot(path=str(tmp_path / "review-flow.png"), full_page=True)
+
+
+def test_a_digit_relabels_the_selected_box(review_app, page, tmp_path):
+    """Click a box in the editor, press 2: it takes the second class; Ctrl+S saves it."""
+    from playwright.sync_api import expect
+
+    from app import review
+    from datasets.shapes import generate_sample
+
+    url, store, served = review_app
+    value, sample_id, revision, _ = review.send_to_review(served, generate_sample(170).image, "bundled", 0.5, 0)
+    review.save_review(served, sample_id, revision, {**value, "boxes": [
+        {"xmin": 20, "ymin": 20, "xmax": 120, "ymax": 120, "label": "circle"}]}, "ana")
+    labels = store.labels
+    store.save_views()
+    review_item = store.get(sample_id)
+    page.goto(url)
+    page.get_by_role("tab", name="Review").click()
+    # open the sample: the saved view 'reviewed' as the queue
+    page.locator("#review-queue input").first.click()
+    page.get_by_role("option", name="saved view: reviewed").click()
+    expect(page.locator("#review-status")).to_contain_text("revision 1", timeout=60_000)
+    expect(page.locator("#review-keys")).to_contain_text(labels[1], timeout=30_000)
+    canvas = page.locator("#review-editor canvas").first
+    frame = canvas.bounding_box()
+    scale = min(frame["width"] / review_item.width, frame["height"] / review_item.height)
+    left = (frame["width"] - review_item.width * scale) / 2
+    top = (frame["height"] - review_item.height * scale) / 2
+    canvas.click(position={"x": float(left + 70 * scale), "y": float(top + 70 * scale)})
+    page.keyboard.press("2")
+    page.wait_for_timeout(400)  # the editor's label dialog opens, takes the class and closes
+    page.keyboard.press("Control+s")
+    expect(page.locator("#review-status")).to_contain_text("Saved.", timeout=60_000)
+    page.screenshot(path=str(tmp_path / "digit.png"), full_page=True)
+    item = store.get(sample_id)
+    assert list(item.ground_truth.data["class_name"]) == [labels[1]] and item.revision == 2
