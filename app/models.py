@@ -64,7 +64,8 @@ class ModelCache:
             return self._detectors[name]
 
     def _prepare(self, name: str, detector: Detector) -> None:
-        note = attach_engine(detector, self.engine, self.engine_cache or default_cache_dir())
+        # In its own process: torch.export beside inference in the server's other threads aborts it.
+        note = attach_engine(detector, self.engine, self.engine_cache or default_cache_dir(), own_process=True)
         self._notes[name] = note
 
     def engine_note(self, name: str) -> str | None:

@@ -90,12 +90,14 @@ def engine_problem(name: str) -> str | None:
     return None
 
 
-def attach_engine(detector: Detector, name: str, cache_dir: Path, threads: int | None = None) -> str | None:
+def attach_engine(detector: Detector, name: str, cache_dir: Path, threads: int | None = None,
+                  own_process: bool = False) -> str | None:
     """Run ``detector``'s CPU inference with engine ``name`` from now on.
 
     Returns None when it does, else a note saying why PyTorch runs instead (the engine is not
     installed, the model could not be exported, the graph does not load). On a GPU the model
-    stays PyTorch's (bf16 there is already fast).
+    stays PyTorch's (bf16 there is already fast). ``own_process``: export in a process of its own
+    (`core.export.cached_export`), as a server that keeps detecting meanwhile must.
     """
     if problem := engine_problem(name):
         raise ValueError(problem)
@@ -108,7 +110,7 @@ def attach_engine(detector: Detector, name: str, cache_dir: Path, threads: int |
 
     try:
         importlib.import_module(ENGINE_PACKAGES[name])  # before exporting: a missing package costs no export
-        engine = ENGINE_CLASSES[name](cached_export(detector, cache_dir), threads)
+        engine = ENGINE_CLASSES[name](cached_export(detector, cache_dir, own_process=own_process), threads)
     except Exception as error:  # any engine failure means "use PyTorch", said in the note
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         logger.warning("engine %s unavailable for %s: %s", name, detector.name, reason)

@@ -216,15 +216,19 @@ def export_onnx(detector: Detector, out_dir: Path, attention: bool = False,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def cached_export(detector: Detector, cache_dir: Path, attention: bool = False) -> Path:
+def cached_export(detector: Detector, cache_dir: Path, attention: bool = False, own_process: bool = False) -> Path:
     """``model.onnx`` of ``detector`` under ``cache_dir/<digest>``, exported on first use and reused
-    while the weights stay the same (a new version or changed weights get a new digest)."""
+    while the weights stay the same (a new version or changed weights get a new digest).
+    ``own_process``: export in a process of its own (a server exporting beside inference must)."""
     digest = weights_digest(detector)
     folder = Path(cache_dir) / (digest[:24] + ("-attention" if attention else ""))
     info = folder / INFO_FILE
     if not (info.is_file() and (folder / MODEL_FILE).is_file()
             and json.loads(info.read_text()).get("digest") == digest):
-        _export_in_own_process(detector.source, folder, attention)
+        if own_process:
+            _export_in_own_process(detector.source, folder, attention)
+        else:
+            export_onnx(detector, folder, attention)
     return folder / MODEL_FILE
 
 

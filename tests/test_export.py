@@ -159,17 +159,17 @@ def test_exported_mask_downsampling_is_pytorchs_nearest(height, width):
         assert torch.equal(_nearest_mask(mask, size), expected), size
 
 
-def test_detection_runs_beside_a_background_export(calm_model_dir, tmp_path):
+def test_detection_runs_beside_a_background_export(tiny_detr_dir, tmp_path):
     """The app prepares an engine while it keeps detecting; the export runs in its own process, since
     torch.export beside inference in another thread aborted the whole server."""
     from app.models import ModelCache
 
     cache = ModelCache(engine="onnxruntime", engine_cache=tmp_path / "engines")
-    detector = cache.get(str(calm_model_dir))
-    thread = cache._preparing[str(calm_model_dir)]
+    detector = cache.get(str(tiny_detr_dir))
+    thread = cache._preparing[str(tiny_detr_dir)]
     runs = 0
     while thread.is_alive() or runs == 0:
         predict(detector, [data.coffee()], shortest_edge=128)
         runs += 1
-    assert detector.engine_name == "onnxruntime" and cache.engine_note(str(calm_model_dir)) is None
+    assert detector.engine_name == "onnxruntime" and cache.engine_note(str(tiny_detr_dir)) is None
     assert runs >= 1

@@ -181,7 +181,10 @@ def test_killed_during_saves_loses_no_acknowledged_save(served, tmp_path):
     threads = [threading.Thread(target=reviewer, args=(i,)) for i in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(4)
+    deadline = time.time() + 180  # saves in full flow from every reviewer, then the kill lands among them
+    while len(acknowledged) < 4 and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
     served.kill()
     stop.set()
     for thread in threads:
