@@ -132,3 +132,30 @@ def test_download_reviewed_as_a_coco_zip(state, review_store, tiny_detr_dir, tmp
         export_download(state, "2999-01-01", "")
     with pytest.raises(gr.Error, match="takes a date"):
         export_download(state, "yesterday", "")
+
+
+def test_through_the_api(state, review_store, tiny_detr_dir, tmp_path):
+    """import_upload and export_download as a script calls them; an escaping archive is refused there too."""
+    from gradio_client import Client, handle_file
+
+    from conftest import state_with
+    from app.ui import build_app, launch
+
+    served = state_with(state, model=str(tiny_detr_dir))
+    demo = launch(build_app(served), served, server_name="127.0.0.1", server_port=None, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        evil = _zip(tmp_path / "evil.zip", {"../../escape.png": _png(1)})
+        with pytest.raises(Exception, match="outside"):
+            client.predict([handle_file(str(evil))], str(tiny_detr_dir), 0.5, 128, api_name="/import_upload")
+        assert len(review_store.dataset) == 0
+        report = client.predict([handle_file(str(_coco_zip(tmp_path, count=2)))], str(tiny_detr_dir), 0.5, 128,
+                                api_name="/import_upload")
+        assert "Imported 2 images" in report
+        _, sample_id, revision, _ = client.predict(None, 0.5, api_name="/next_to_review")
+        client.predict(sample_id, revision, "ana", 0.5, api_name="/accept_and_next")
+        archive = client.predict("", "ana", api_name="/export_download")
+        with zipfile.ZipFile(archive) as opened:
+            assert "labels.json" in opened.namelist()
+    finally:
+        demo.close()
