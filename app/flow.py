@@ -71,10 +71,14 @@ def skip(state: AppState, sample_id: str, threshold: float = 0.5, session: Sessi
     session = session or Session()
     if sample_id and sample_id not in session.skipped:
         session.skipped.append(sample_id)
-    if state.store.next_to_review(session.skipped, session.view) is None:
+    try:
+        next_id = state.store.next_to_review(session.skipped, session.view)
+    except ReviewError as error:
+        raise gr.Error(str(error)) from None
+    if next_id is None:
         raise gr.Error("Nothing left to review in this session (the rest were skipped); reload the page to see "
                        "skipped images again.")
-    value, next_id, revision, status = next_to_review(state, sample_id, threshold, session.skipped, session.view)
+    value, next_id, revision, status = load_sample(state, next_id, threshold)
     return value, next_id, revision, f"Skipped. {status}", session
 
 

@@ -254,11 +254,14 @@ class ReviewStore:
         self.dataset.add_sample(sample)
         return str(sample.id)
 
+    def _missing(self, sample_id: str) -> ReviewError:
+        return ReviewError(f"no sample {sample_id!r} in dataset {self.dataset.name!r}; it may have been "
+                           "deleted. Pick another sample from the queue.")
+
     def _sample(self, sample_id: str):
         from bson import ObjectId
 
-        missing = ReviewError(f"no sample {sample_id!r} in dataset {self.dataset.name!r}; it may have been "
-                              "deleted. Pick another sample from the queue.")
+        missing = self._missing(sample_id)
         if not ObjectId.is_valid(str(sample_id)):
             raise missing
         try:
@@ -286,10 +289,10 @@ class ReviewStore:
         """The sample's document as stored now (not FiftyOne's in-memory copy)."""
         from bson import ObjectId
 
-        self._sample(sample_id)  # the clear error for an unknown id
-        raw = self.dataset._sample_collection.find_one({"_id": ObjectId(str(sample_id))})
+        raw = self.dataset._sample_collection.find_one({"_id": ObjectId(str(sample_id))}) \
+            if ObjectId.is_valid(str(sample_id)) else None
         if raw is None:
-            raise ReviewError(f"sample {sample_id!r} was deleted just now; pick another sample from the queue.")
+            raise self._missing(sample_id)
         return raw
 
     def _reloaded(self, sample_id: str):
