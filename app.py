@@ -32,11 +32,12 @@ def main() -> None:
     from app.ui import build_app, launch
 
     state = AppState(config, data_dir)
-    if resumed := continue_unfinished(state):
-        print(f"Continuing an interrupted fine-tune of {resumed} in the background.", flush=True)
     demo = launch(build_app(state), state, server_name=config.host, server_port=config.port,
                   auth=config.login_credentials)
     print(f"FiftyOne App on the review dataset: {demo.local_url.rstrip('/')}/fiftyone/", flush=True)
+    # After launch: on ZeroGPU `spaces` starts up inside launch(), before any GPU call may run.
+    if resumed := continue_unfinished(state):
+        print(f"Continuing an interrupted fine-tune of {resumed} in the background.", flush=True)
     demo.block_thread()
 
 

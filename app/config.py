@@ -60,8 +60,12 @@ class AppConfig:
                                        "and the fine-tuned versions (on a Space, the only others allowed)")
     model_cache: int = _setting(3, "DETR_STUDIO_MODEL_CACHE", "models kept loaded at once (least recently used "
                                 "out)")
+    zero_gpu_chunk_s: float = _setting(60.0, "DETR_STUDIO_ZEROGPU_CHUNK_S", "on ZeroGPU: seconds of GPU one "
+                                       "fine-tune chunk asks for (ZeroGPU's default slice is 60)")
     # Set by the platform (Hugging Face Spaces), never by a flag.
+    system: str | None = _setting(None, "SYSTEM", flag=False)
     space_id: str | None = _setting(None, "SPACE_ID", flag=False)
+    zero_gpu: bool = _setting(False, "SPACES_ZERO_GPU", flag=False)
     space_creator_id: str | None = _setting(None, "SPACE_CREATOR_USER_ID", flag=False)
     oauth_client_id: str | None = _setting(None, "OAUTH_CLIENT_ID", flag=False)
 
@@ -94,6 +98,8 @@ class AppConfig:
             parser.error("--auth takes USER:PASSWORD")
         if config.model_cache < 1:
             parser.error("--model-cache (DETR_STUDIO_MODEL_CACHE) must be at least 1")
+        if config.zero_gpu_chunk_s < 5:
+            parser.error("--zero-gpu-chunk-s (DETR_STUDIO_ZEROGPU_CHUNK_S) must be at least 5 seconds")
         if config.engine not in ENGINES:
             parser.error(f"--engine (DETR_STUDIO_ENGINE) must be one of {', '.join(ENGINES)}; got {config.engine!r}")
         return config
@@ -104,8 +110,9 @@ class AppConfig:
 
     @property
     def on_space(self) -> bool:
-        """On a Hugging Face Space (Spaces set ``SPACE_ID``)."""
-        return bool(self.space_id)
+        """On a Hugging Face Space: ``SYSTEM=spaces`` and a ``SPACE_ID``, as Gradio checks it (its
+        OAuth is real only then; elsewhere it mocks the login as the host's own account)."""
+        return self.system == "spaces" and bool(self.space_id)
 
     @property
     def public_space_without_login(self) -> bool:

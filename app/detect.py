@@ -12,7 +12,6 @@ import numpy as np
 from app.inputs import detector_for, image_and_detector, processing_size, threshold_value, with_note
 from core.annotate import annotate
 from core.images import ImageError, load_image
-from core.inference import predict
 from core.loading import ModelLoadError
 
 if TYPE_CHECKING:
@@ -48,7 +47,7 @@ def detect(
     picture, detector = image_and_detector(state.models, image, model_name)
 
     start = time.perf_counter()
-    outputs = predict(detector, [picture], shortest_edge=size)[0]
+    outputs = state.gpu.predict(detector, [picture], shortest_edge=size)[0]
     seconds = time.perf_counter() - start
     detections = outputs.to_detections(threshold, classes or None)
     rows = _rows(detections)
@@ -80,7 +79,7 @@ def detect_batch(
         except ImageError as error:
             problems.append(f"{name}: {error}")
     start = time.perf_counter()
-    outputs = predict(detector, [picture for _, picture in pictures], shortest_edge=size)
+    outputs = state.gpu.predict(detector, [picture for _, picture in pictures], shortest_edge=size)
     seconds = time.perf_counter() - start
     gallery, rows = [], []
     for (name, picture), out in zip(pictures, outputs):

@@ -24,17 +24,18 @@ class ModelCache:
     At most ``capacity`` models stay loaded; loading another drops the least recently used (every
     distinct name a visitor types would otherwise stay in memory for good). ``offered``, when given
     (on a Space), lists the only names that may be loaded: a typed folder or other hub id is refused.
+    ``device``: where models load (None: CUDA when there is one; ``"cpu"`` on ZeroGPU).
     """
 
     def __init__(self, version_dir: VersionDir | None = None, cpu_bf16: bool = False, engine: str = "torch",
                  engine_cache: Path | None = None, capacity: int = 3,
-                 offered: Callable[[], list[str]] | None = None):
+                 offered: Callable[[], list[str]] | None = None, device: str | None = None):
         if capacity < 1:
             raise ValueError(f"the model cache must hold at least one model, got {capacity}.")
         self.version_dir, self.cpu_bf16 = version_dir, cpu_bf16
         self.engine = "torch" if cpu_bf16 else engine
         self.engine_cache = engine_cache
-        self.capacity, self.offered = capacity, offered
+        self.capacity, self.offered, self.device = capacity, offered, device
         self._lock = threading.Lock()
         self._detectors: OrderedDict[str, Detector] = OrderedDict()
         self._preparing: dict[str, threading.Thread] = {}
@@ -48,7 +49,7 @@ class ModelCache:
                                  "other hub ids are not loaded here; run DETR Studio locally to use them.")
         with self._lock:  # one load at a time: two sessions asking for the same model load it once
             if name not in self._detectors:
-                detector = load_detector_or_bundled(name, version_dir=self.version_dir)
+                detector = load_detector_or_bundled(name, self.device, version_dir=self.version_dir)
                 detector.cpu_bf16 = self.cpu_bf16
                 while len(self._detectors) >= self.capacity:
                     dropped, _ = self._detectors.popitem(last=False)
@@ -62,6 +63,11 @@ class ModelCache:
                     thread.start()
             self._detectors.move_to_end(name)
             return self._detectors[name]
+
+    def peek(self, name: str) -> Detector | None:
+        """The loaded detector for ``name`` or None, without loading and without the lock (a forked
+        ZeroGPU worker reads its copy of the cache: the lock may have been held at the fork)."""
+        return self._detectors.get(name.strip())
 
     def _prepare(self, name: str, detector: Detector) -> None:
         # In its own process: torch.export beside inference in the server's other threads aborts it.

@@ -18,7 +18,7 @@ from app.inputs import detector_for, image_and_detector, processing_size, thresh
 from app.render import attention_overlay, grid_query_at, query_grid, slot_plot
 from core.boxes import box_xyxy_to_cxcywhn
 from core.images import ImageError, load_image
-from core.inference import QueryOutputs, predict
+from core.inference import QueryOutputs
 from datasets.review import pixel_hash
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def run_queries(state: AppState, image, model_name: str, size: int | None, thres
     if cached is None:
         layers = list(range(detector.model.config.decoder_layers))
         start = time.perf_counter()
-        outputs = predict(detector, [picture], shortest_edge=size, attention_layers=layers)[0]
+        outputs = state.gpu.predict(detector, [picture], shortest_edge=size, attention_layers=layers)[0]
         cached = Inspected(picture, outputs, model_name, detector.name, time.perf_counter() - start)
     state.queries.remember(key, cached)
     outputs = cached.outputs
@@ -139,7 +139,7 @@ def slot_specialization(state: AppState, images: list, model_name: str, slots_te
         raise gr.Error(str(error)) from None
     num_queries = detector.model.config.num_queries
     slots = parse_slots(slots_text, num_queries)
-    outputs = predict(detector, pictures, shortest_edge=size)
+    outputs = state.gpu.predict(detector, pictures, shortest_edge=size)
     centers, sizes = [], []
     for out in outputs:
         boxes = box_xyxy_to_cxcywhn(out.boxes, *out.image_size)

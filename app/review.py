@@ -21,7 +21,7 @@ from app.inputs import detector_for, image_and_detector, processing_size, thresh
 from app.queries import query_index
 from app.render import class_color, pr_curves
 from core.images import ImageError, load_image
-from core.inference import QueryOutputs, predict
+from core.inference import QueryOutputs
 from datasets.coco import CocoError, export_reviewed, list_images, read_coco
 from datasets.labels import ReviewError, check_boxes, clean_label
 
@@ -92,7 +92,7 @@ def send_to_review(state: AppState, image, model_name: str, threshold: float, si
     """Add the Detect tab's image and its predictions to the review dataset and open it in the editor."""
     threshold, size = threshold_value(threshold), processing_size(size)
     picture, detector = image_and_detector(state.models, image, model_name)
-    outputs = predict(detector, [picture], shortest_edge=size)[0]
+    outputs = state.gpu.predict(detector, [picture], shortest_edge=size)[0]
     return load_sample(state, _add(state, picture, outputs, detector, threshold), threshold)
 
 
@@ -211,7 +211,7 @@ def import_images(state: AppState, paths: list[Path], model_name: str, threshold
         except ImageError as error:
             problems.append(f"{Path(path).name}: {error}")
             continue
-        _add(state, picture, predict(detector, [picture], shortest_edge=size)[0], detector, threshold)
+        _add(state, picture, state.gpu.predict(detector, [picture], shortest_edge=size)[0], detector, threshold)
         added += 1
     report = f"Imported {added} of {len(paths)} images from {html.escape(where)}."
     if problems:
@@ -251,7 +251,7 @@ def import_coco_files(state: AppState, annotations: Path, images_dir: Path | Non
             raise gr.Error(f"{image.path.name}: {error} Fix the COCO file; nothing was imported.") from None
     state.store.add_labels(labels)
     for image, picture in zip(images, pictures):
-        _add(state, picture, predict(detector, [picture], shortest_edge=size)[0], detector, threshold,
+        _add(state, picture, state.gpu.predict(detector, [picture], shortest_edge=size)[0], detector, threshold,
              ground_truth=image.ground_truth)
     return f"Imported {len(images)} images with {len(labels)} categories.\n\n{review_counts(state)}"
 

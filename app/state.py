@@ -1,13 +1,15 @@
 """The server's state, in one object built once by `app.py` and handed to every handler.
 
 `AppState` holds the settings (`app.config.AppConfig`), the data directory, the review store
-(opened on first use), the model registry, the loaded models, the Queries tab's cache and the one
+(opened on first use), the model registry, the loaded models, where tensor work runs
+(`app.gpu.Gpu`: here, or on ZeroGPU in ``@spaces.GPU``), the Queries tab's cache and the one
 fine-tune job. Handlers are plain functions whose first argument is the state; `app.ui` binds them.
 Tests build a state of their own instead of patching module globals.
 """
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 import time
@@ -20,6 +22,7 @@ from typing import Any
 import gradio as gr
 
 from app.config import HUB_MODELS, AppConfig
+from app.gpu import Gpu, Hardware
 from app.models import ModelCache, model_choices
 from datasets.labels import ReviewError
 from datasets.review import ReviewStore
@@ -87,7 +90,8 @@ class JobSlot:
                 with self._lock:
                     self.current = None
 
-        threading.Thread(target=work, daemon=True).start()
+        # In the caller's context: on ZeroGPU `spaces` reads the user's token from the Gradio request there.
+        threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True).start()
         return job
 
     def cancel(self) -> bool:
@@ -106,9 +110,14 @@ class AppState:
         self.config = config
         self.data_dir = Path(data_dir) if data_dir is not None else config.resolved_data_dir
         self.registry = Registry(self.data_dir / "models")
-        self.models = ModelCache(self.registry.version_dir, cpu_bf16=config.cpu_bf16, engine=config.engine,
+        self.hardware = Hardware.detect(config.zero_gpu)
+        # On ZeroGPU models stay on CPU here and run in the GPU worker: no CPU engine to prepare.
+        self.models = ModelCache(self.registry.version_dir, cpu_bf16=config.cpu_bf16,
+                                 engine="torch" if self.hardware.zero_gpu else config.engine,
                                  engine_cache=self.data_dir / "engines", capacity=config.model_cache,
-                                 offered=self.model_choices if config.on_space else None)
+                                 offered=self.model_choices if config.on_space else None,
+                                 device=self.hardware.load_device)
+        self.gpu = Gpu(self.hardware, self.models, chunk_s=config.zero_gpu_chunk_s)
         for root in (self.import_root, self.export_root):
             root.mkdir(parents=True, exist_ok=True)
         self.queries = QueryCache()

@@ -2,15 +2,14 @@
 
 One job at a time per server: a second start while one runs is refused. The job runs in a worker
 thread; the handler streams its progress (a generator), and Cancel sets the job's flag, which the
-training loop checks before every step.
+training loop checks before every step. On ZeroGPU the job's tensor work runs in ``@spaces.GPU``
+chunks (`app.gpu`), in the starting user's context.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -20,7 +19,7 @@ from core.flags import with_flags
 from datasets.review import reviewed_samples
 from training.config import FinetuneConfig
 from training.finetune import config_problem, finetune, per_class_table
-from training.job import JOB_FILE, FinetuneError, continue_job, run_chunk, unfinished_job
+from training.job import FinetuneError, continue_job, unfinished_job
 from training.registry import RegistryError
 
 if TYPE_CHECKING:
@@ -59,20 +58,22 @@ def _plot(history: list[dict], losses: list[tuple[int, float]]):
     return figure
 
 
-def _callbacks(job: Job) -> dict:
+def _running(state: AppState, job: Job) -> dict:
+    """How the job runs: callbacks into the job's event queue, and where its tensor work goes (`app.gpu`)."""
+    run, chunk_s = state.gpu.chunk_runner(notify=lambda message: job.events.put(("note", message)))
     return {"progress": lambda p: job.events.put(("progress", p)), "on_epoch": lambda h: job.events.put(("epoch", h)),
-            "cancel": job.cancel}
+            "cancel": job.cancel, "run": run, "chunk_s": chunk_s, "on_gpu": state.gpu.call}
 
 
 def continue_unfinished(state: AppState) -> str | None:
     """At start-up, continue in the background a fine-tune that a restart interrupted (its job
-    folder and checkpoints are under the data directory). Returns the job's base model, or None."""
+    folder and checkpoints are under the data directory). Returns the job's base model, or None.
+    Called after `launch` (on ZeroGPU `spaces` starts up there); with no visitor behind it, a
+    resumed job's ZeroGPU time is the Space's own."""
     pending = unfinished_job(state.work_dir)
     if pending is None:
         return None
-    run, chunk_s = _chunk_runner()
-    state.job.start(pending["base"], lambda job: continue_job(state.work_dir, state.registry, run=run, chunk_s=chunk_s,
-                                                              **_callbacks(job)))
+    state.job.start(pending["base"], lambda job: continue_job(state.work_dir, state.registry, **_running(state, job)))
     return pending["base"]
 
 
@@ -88,11 +89,9 @@ def start_finetune(state: AppState, base: str, epochs: int, lr: float, trainable
                         hybrid=hybrid)
     if problem := config_problem(config):
         raise gr.Error(problem)
-    run, chunk_s = _chunk_runner()
     store = state.store
     job = state.job.start(base, lambda job: finetune(store.dataset, base, config, registry=state.registry,
-                                                     work_dir=state.work_dir, run=run, chunk_s=chunk_s,
-                                                     **_callbacks(job)))
+                                                     work_dir=state.work_dir, **_running(state, job)))
     history, losses, status = [], [], "Starting: evaluating the base model on the validation samples..."
     yield status, _plot(history, losses), [], gr.update()
     while True:
@@ -103,8 +102,11 @@ def start_finetune(state: AppState, base: str, epochs: int, lr: float, trainable
                       f"{payload.images_per_s:.1f} images/s · about {payload.eta_s / 60:.1f} min left (at most)")
         elif kind == "epoch":
             history.append(payload)
+        elif kind == "note":  # on ZeroGPU: a chunk ended, or failed and is tried again
+            status = payload
         elif kind == "error":
-            message = str(payload) if isinstance(payload, (FinetuneError, RegistryError, ValueError)) else repr(payload)
+            message = str(payload) if isinstance(payload, (FinetuneError, RegistryError, ValueError, RuntimeError)) \
+                else repr(payload)
             raise gr.Error(f"Fine-tuning failed: {message}. No model version was written.")
         elif kind == "done":
             result = payload
@@ -128,42 +130,6 @@ def cancel_finetune(state: AppState) -> str:
     if not state.job.cancel():
         return "No fine-tune is running."
     return "Cancelling: the job stops before its next step."
-
-
-ZEROGPU_CHUNK_S = 45  # a ZeroGPU call is capped (60 s by default): train this long, checkpoint, go again
-
-try:  # ZeroGPU Spaces ship the `spaces` package; app.py imports it before anything touches CUDA
-    import spaces
-except ImportError:
-    spaces = None
-
-if spaces is not None:
-    @spaces.GPU(duration=ZEROGPU_CHUNK_S + 15)
-    def _gpu_chunk(work_dir: str, budget_s: float) -> str:
-        """One chunk in ZeroGPU's forked GPU worker: reads and writes only the job's files."""
-        return run_chunk(Path(work_dir), budget_s=budget_s)
-
-
-def _chunk_runner():
-    """``(run, chunk_s)`` for `finetune`: plain `run_chunk` without ZeroGPU; with it, chunks of
-    ``ZEROGPU_CHUNK_S`` inside ``spaces.GPU``. Callbacks cannot cross the worker's fork, so the
-    epochs each chunk validated are reported from the job file afterwards; the database is only
-    touched here, in the main process."""
-    if spaces is None:
-        return run_chunk, None
-
-    def run(work_dir, progress=None, on_epoch=None, cancel=None, budget_s=None, clock=None) -> str:
-        if cancel is not None and cancel.is_set():
-            return "cancelled"
-        job_file = Path(work_dir) / JOB_FILE
-        seen = len(json.loads(job_file.read_text())["history"])
-        status = _gpu_chunk(str(work_dir), budget_s)
-        for record in json.loads(job_file.read_text())["history"][seen:]:
-            if on_epoch is not None:
-                on_epoch(record)
-        return status
-
-    return run, ZEROGPU_CHUNK_S
 
 
 def versions_table(state: AppState) -> list[list]:

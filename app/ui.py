@@ -11,7 +11,6 @@ import functools
 from pathlib import Path
 
 import gradio as gr
-import torch
 from gradio_image_annotation import image_annotator
 
 from app import flow, queries, review, train, transfer
@@ -231,7 +230,7 @@ def _review_tab():
                 pr_plot=pr_plot, open_app=open_app, fiftyone_link=fiftyone_link)
 
 
-def _train_tab(state: AppState, model, model_queue: dict):
+def _train_tab(state: AppState, model):
     summary = gr.Markdown(elem_id="train-summary")
     with gr.Row():
         epochs = gr.Slider(1, 200, value=train.DEFAULTS.train.epochs, step=1,
@@ -266,12 +265,11 @@ def _train_tab(state: AppState, model, model_queue: dict):
                    outputs=[summary, versions], api_name=False)
     trainable.change(SUGGESTED_LR.get, inputs=[trainable], outputs=[lr], api_name=False)
     hybrid.change(train.trainable_for_hybrid, inputs=[hybrid, trainable], outputs=[trainable], api_name=False)
-    # On a GPU (or ZeroGPU) training and inference share the device, so the fine-tune joins the model
-    # group; on CPU it would block detection for minutes, so it runs beside it.
-    shared = model_queue if torch.cuda.is_available() or train.spaces is not None else {}
+    # The fine-tune runs beside detection (its own thread and group; on ZeroGPU its own GPU calls), never
+    # in the model group: it would block detection for minutes. A second request waits for the first.
     start.click(needs_sign_in(bind(train.start_finetune, state), state.config, training=True),
                 inputs=[model, epochs, lr, trainable, hybrid], outputs=[status, plot, table, new_version],
-                api_name="finetune", **shared).then(**refresh)
+                api_name="finetune", concurrency_id="train", concurrency_limit=1).then(**refresh)
     cancel.click(needs_sign_in(bind(train.cancel_finetune, state), state.config), outputs=[status],
                  api_name="cancel_finetune")
     use.click(select_model, inputs=[new_version], outputs=[model], api_name=False)
@@ -318,7 +316,7 @@ def build_app(state: AppState) -> gr.Blocks:
         with gr.Tab("Review"):
             r = _review_tab()
         with gr.Tab("Train") as train_tab:
-            refresh_train = _train_tab(state, model, model_queue)
+            refresh_train = _train_tab(state, model)
         train_tab.select(**refresh_train)
         with gr.Tab("FiftyOne") as fiftyone_tab:
             fiftyone_links = gr.Markdown(elem_id="fiftyone-links")
@@ -372,8 +370,8 @@ def build_app(state: AppState) -> gr.Blocks:
                             outputs=[r["eval_summary"], r["per_class"], r["pr_plot"]], api_name="evaluate")
         r["open_app"].click(bind(review.open_fiftyone, state), outputs=[r["fiftyone_link"]], api_name="open_fiftyone")
 
-        def who_may_do_what(request: gr.Request) -> str:
-            return access_note(config, request)
+        def who_may_do_what(request: gr.Request, profile: gr.OAuthProfile | None) -> str:
+            return access_note(config, profile, request)
 
         demo.load(who_may_do_what, outputs=[access], api_name=False)
     return demo

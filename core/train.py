@@ -101,6 +101,7 @@ class TrainResult:
     epoch: int
     last_losses: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
+    checkpoint_s: float = 0.0  # how long writing the last checkpoint took
     skipped_steps: list[int] = field(default_factory=list)  # steps whose loss was not finite
 
 
@@ -197,6 +198,7 @@ def train(
     cancel: threading.Event | None = None,
     epoch_end: Callable[[int], bool] | None = None,
     budget_s: float | None = None,
+    reserve_s: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
 ) -> TrainResult:
     """Train ``model`` (a transformers DETR or Conditional DETR) in place. See the module docstring.
@@ -205,9 +207,11 @@ def train(
 
     ``epoch_end(epoch)`` runs after each complete epoch (e.g. validation); returning True stops
     training there with status ``"stopped_early"``. With ``budget_s`` (e.g. a ZeroGPU call's
-    slice) training stops after the first step that ends past the budget, writes a checkpoint and
-    returns status ``"paused"``; calling again with ``resume`` continues exactly where it stopped.
-    ``clock`` is injectable so tests can simulate budgets.
+    slice) training pauses once the time left would not hold one more step (the longest of this
+    call so far) plus ``reserve_s`` (what must still fit after it: an epoch's validation, the
+    checkpoint); it writes a checkpoint and returns status ``"paused"``, and calling again with
+    ``resume`` continues exactly where it stopped. Every call makes at least one step, so chunks
+    always progress. ``clock`` is injectable so tests can simulate budgets.
     """
     if budget_s is not None and not config.checkpoint_dir:
         raise ValueError("a time budget needs a checkpoint_dir to continue from; set TrainConfig.checkpoint_dir.")
@@ -246,6 +250,7 @@ def train(
 
     result = TrainResult(status="finished", step=step, epoch=step // max(steps_per_epoch, 1))
     nonfinite_in_a_row, started, images_seen = 0, time.perf_counter(), 0
+    longest_step_s, step_started = 0.0, clock() if deadline is not None else 0.0
     device = accelerator.device
     last_good: dict[str, torch.Tensor] = {}  # losses of the last finite step, read out only when needed
 
@@ -255,7 +260,9 @@ def train(
         if config.checkpoint_dir and accelerator.is_main_process:
             state = {"step": step, "epoch": epoch, "labels": labels, "kind": family.name, "train_config": asdict(config),
                      "last_losses": result.last_losses}
+            writing = time.perf_counter()
             result.checkpoint = save_checkpoint(config.checkpoint_dir, model, optimizer, scheduler, state, branch)
+            result.checkpoint_s = time.perf_counter() - writing
         accelerator.wait_for_everyone()
 
     while step < total_steps:
@@ -329,9 +336,12 @@ def train(
                     result.status = "stopped_early"
                     checkpoint(epoch)
                     return result
-            if deadline is not None and step < total_steps and clock() >= deadline:
-                result.status = "paused"
-                checkpoint(epoch)
-                return result
+            if deadline is not None and step < total_steps:
+                now = clock()
+                longest_step_s, step_started = max(longest_step_s, now - step_started), now
+                if now + longest_step_s + reserve_s >= deadline:
+                    result.status = "paused"
+                    checkpoint(epoch)
+                    return result
     checkpoint(result.epoch)
     return result

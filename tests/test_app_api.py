@@ -90,7 +90,7 @@ def test_on_a_space_visitors_detect_but_cannot_change_data(client, state, review
     model, image = str(tiny_detr_dir), handle_file(str(SHAPES))
     editor, sample_id, revision, status = client.predict(image, model, 0.5, 256, api_name="/send_to_review")
     # The same data served as a Space (offering the test model); this visitor has not signed in.
-    space = serve(state_with(state, model=model, space_id="someone/detr-studio", models=(model,)))
+    space = serve(state_with(state, model=model, system="spaces", space_id="someone/detr-studio", models=(model,)))
     client = Client(space.local_url, verbose=False)
     annotated, table, status = client.predict(image, model, 0.5, 256, [], api_name="/detect")
     assert "queries" in status or table is not None  # detection still works
@@ -146,7 +146,7 @@ def test_a_password_protected_team_server_names_the_signed_in_reviewer(state, re
     with an allow-list of trainers (DETR_STUDIO_TRAINERS) only those may fine-tune."""
     from gradio_client import Client, handle_file
 
-    team = state_with(state, model=str(tiny_detr_dir), space_id="someone/detr-studio", auth="ana:secret",
+    team = state_with(state, model=str(tiny_detr_dir), system="spaces", space_id="someone/detr-studio", auth="ana:secret",
                       trainers=("bob", "carol"), models=(str(tiny_detr_dir),))
     demo = serve(team, auth=team.config.login_credentials)
     try:

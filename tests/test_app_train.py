@@ -47,36 +47,43 @@ def test_a_finished_run_is_a_version_the_app_can_load(state, review_store):
 
 
 def test_public_space_without_login_cannot_train(review_store, tmp_path):
-    state = AppState(AppConfig(space_id="someone/detr-studio", dataset=review_store.dataset.name), tmp_path / "space")
+    state = AppState(AppConfig(system="spaces", space_id="someone/detr-studio", dataset=review_store.dataset.name), tmp_path / "space")
     assert "disabled" in train.training_summary(state)
     with pytest.raises(gr.Error, match="disabled"):
         next(train.start_finetune(state, "bundled", 1, 1e-4))
 
 
-def test_on_zerogpu_the_tab_trains_in_gpu_chunks_and_still_plots_epochs(state, review_store, monkeypatch):
-    """With `spaces` present each chunk goes through the GPU-context function (here a stand-in that
-    runs it with a 0.5 s budget), and the epochs it validated reach the plot from the job file."""
-    from pathlib import Path
+def test_chunked_runner_retries_a_failed_chunk_and_still_plots_epochs(state, review_store, monkeypatch):
+    """The ZeroGPU chunk runner of `app.gpu` with its GPU call run in this process (the real `spaces`
+    runs it in tests/test_zerogpu.py): 4 s chunks, the second call fails once and is tried again with
+    the reason on the page, and the epochs each chunk validated reach the plot from the job file."""
+    from app import gpu
 
-    from training.job import run_chunk
+    calls = []
 
-    chunks = []
+    def flaky(fn, args, kwargs, duration_s):
+        calls.append((fn.__name__, duration_s))
+        if len(calls) == 3:  # prepare, chunk 1, then this chunk fails before it starts
+            raise RuntimeError("No GPU was available")
+        return gpu._in_worker(fn, args, kwargs, duration_s)
 
-    def gpu_chunk(work_dir, budget_s):
-        chunks.append(budget_s)
-        return run_chunk(Path(work_dir), budget_s=0.5)
-
-    monkeypatch.setattr(train, "spaces", object())
-    monkeypatch.setattr(train, "_gpu_chunk", gpu_chunk, raising=False)
+    monkeypatch.setattr(gpu, "RETRY_DELAY_S", 0.01)
+    state.gpu = gpu.Gpu(gpu.Hardware("cpu"), state.models, chunk_s=4)
+    state.gpu._on_gpu = flaky
     build_review_dataset(review_store, 10)
     outputs = list(train.start_finetune(state, "bundled", 3, 1e-3))
     status, _, table, version = outputs[-1]
     assert "version:v0001" in status
-    assert len(chunks) >= 2 and set(chunks) == {train.ZEROGPU_CHUNK_S}
+    chunks = [duration for name, duration in calls if name == "_timed_chunk"]
+    assert [name for name, _ in calls][:1] == ["create_job"] and calls[-1][0] == "score_best"
+    assert len(chunks) >= 3 and set(chunks) == {4}
+    assert any("No GPU was available" in out[0] and "attempt 2 of 4" in out[0] for out in outputs)
     plotted = outputs[-1][1].axes[1].get_lines()[0].get_xdata()  # the validation-AP curve
     assert list(plotted) == [0, 1, 2]
     info = state.registry.get("version:v0001").info
     assert [h["epoch"] for h in info["history"]] == [0, 1, 2]
+    job = (state.work_dir / "job.json").read_text()
+    assert '"startup_s"' in job and '"validation_s"' in job  # measured, and kept free in the next chunk
 
 
 def test_a_fine_tune_interrupted_by_a_restart_continues_at_start_up(state, review_store):

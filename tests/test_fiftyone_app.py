@@ -34,7 +34,7 @@ def served(request, state, review_store):
     from app.ui import build_app, launch
     from datasets.shapes import generate_sample
 
-    served = state_with(state, model="bundled", space_id="someone/detr-studio" if request.param else None)
+    served = state_with(state, model="bundled", system="spaces", space_id="someone/detr-studio" if request.param else None)
     review.send_to_review(served, generate_sample(3).image, "bundled", 0.5, 0)
     demo = launch(build_app(served), served, server_name="127.0.0.1", server_port=None, quiet=True)
     yield demo.local_url.rstrip("/"), review_store, review_store.dataset.first().filepath, request.param

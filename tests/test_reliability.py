@@ -302,7 +302,7 @@ def test_model_names(state, case):
 def test_a_space_loads_only_the_offered_models(state, name):
     from app.detect import detect
 
-    space = state_with(state, space_id="someone/detr-studio")
+    space = state_with(state, system="spaces", space_id="someone/detr-studio")
     with pytest.raises(gr.Error, match="offers only these models"):
         detect(space, generate_sample(1).image, name, 0.5, 128)
     _, _, status = detect(space, generate_sample(1).image, "bundled", 0.5, 0)  # the offered list works

@@ -119,7 +119,7 @@ def test_fiftyone_app_edits_through_the_mount(state, review_store, sample_id, on
     from app import review
     from app.ui import build_app, launch
 
-    served = state_with(state, model="bundled", space_id="someone/detr-studio" if on_space else None)
+    served = state_with(state, model="bundled", system="spaces", space_id="someone/detr-studio" if on_space else None)
     value, _, opened, _ = review.load_sample(served, sample_id)
     demo = launch(build_app(served), served, server_name="127.0.0.1", server_port=None, quiet=True)
     try:

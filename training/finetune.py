@@ -30,12 +30,12 @@ from typing import Any
 
 from core.flags import add_flags, from_flags
 from core.hybrid import hybrid_setting_problem
-from core.loading import ModelLoadError, load_detector_or_bundled
+from core.loading import HubUnreachableError, ModelLoadError, resolve_model_dir
 from core.train import Progress, trainable_problem
 from datasets.labels import ReviewError
 from datasets.review import reviewed_samples
 from training.config import FinetuneConfig
-from training.job import FinetuneError, FinetuneResult, continue_job, create_job
+from training.job import SCORING_S, FinetuneError, FinetuneResult, GpuCall, continue_job, create_job, run_here
 from training.registry import Registry
 from training.split import validation_ids
 
@@ -46,10 +46,12 @@ def config_problem(config: FinetuneConfig) -> str | None:
         config.hybrid.method, config.train.trainable, config.train.one_to_many)
 
 
-def prepare(view, base: str, config: FinetuneConfig, work_dir: Path, registry: Registry | None = None) -> dict:
+def prepare(view, base: str, config: FinetuneConfig, work_dir: Path, registry: Registry | None = None,
+            on_gpu: GpuCall = run_here) -> dict:
     """Start a job in ``work_dir`` (`training.job`): read the reviewed samples of ``view``, split
     them, load ``base`` (hub id, directory, ``bundled`` or ``version:vNNNN``) and score it on the
-    validation part. Runs where the database is (on a ZeroGPU Space: the main process).
+    validation part. Runs where the database is (on a ZeroGPU Space: the main process); the model is
+    loaded and scored by `training.job.create_job` through ``on_gpu`` (there: in ``@spaces.GPU``).
 
     Raises `FinetuneError` before anything is written when the data or the settings cannot work.
     """
@@ -65,12 +67,19 @@ def prepare(view, base: str, config: FinetuneConfig, work_dir: Path, registry: R
             f"{len(samples)} reviewed samples give {len(samples) - len(val_ids)} for training and {len(val_ids)} for "
             "validation; review more images (about 10 at least) and try again."
         )
+    version_dir = registry.version_dir if registry else None
     try:
-        detector = load_detector_or_bundled(base, version_dir=registry.version_dir if registry else None)
+        resolve_model_dir(base, version_dir)  # a name that cannot load is refused before any GPU time
+    except HubUnreachableError:
+        pass  # the bundled model stands in, as everywhere
     except ModelLoadError as error:
         raise FinetuneError(str(error)) from None
     name = view.dataset_name if hasattr(view, "dataset_name") else view.name
-    return create_job(samples, val_ids, detector, base, name, config, Path(work_dir))
+    try:
+        return on_gpu(create_job, samples, val_ids, base, base, name, config, str(work_dir), version_dir=version_dir,
+                      duration_s=SCORING_S)
+    except ModelLoadError as error:
+        raise FinetuneError(str(error)) from None
 
 
 def finetune(view, base: str, config: FinetuneConfig, registry: Registry | None = None, out_dir: Path | None = None,
@@ -80,7 +89,7 @@ def finetune(view, base: str, config: FinetuneConfig, registry: Registry | None 
 
     `prepare`, then the job's chunks until done, then `training.job.finish`. ``running`` goes to
     `training.job.continue_job`: ``progress``, ``on_epoch`` (``{"epoch", "val_AP"}`` after each
-    epoch's validation, for a live plot), ``cancel``, ``chunk_s``, ``run``, ``clock``. Raises
+    epoch's validation, for a live plot), ``cancel``, ``chunk_s``, ``run``, ``clock``, ``on_gpu`` (where scoring runs). Raises
     `FinetuneError` before any training when the data or the settings cannot work.
     """
     if registry is None and out_dir is None:
@@ -88,7 +97,7 @@ def finetune(view, base: str, config: FinetuneConfig, registry: Registry | None 
     with contextlib.ExitStack() as stack:
         if work_dir is None:
             work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="finetune-"))) / "job"
-        prepare(view, base, config, Path(work_dir), registry)
+        prepare(view, base, config, Path(work_dir), registry, on_gpu=running.get("on_gpu", run_here))
         return continue_job(work_dir, registry, out_dir, **running)
 
 

@@ -38,7 +38,7 @@ from core.flags import from_dict
 from core.heads import extend_head
 from core.hybrid import build_branch
 from core.images import load_image
-from core.loading import Detector, load_detector_or_bundled
+from core.loading import Detector, VersionDir, load_detector_or_bundled
 from core.train import Progress, train
 from datasets.review import ReviewedSample
 from training.config import FinetuneConfig
@@ -46,6 +46,7 @@ from training.registry import Registry
 from training.split import RULE
 
 JOB_FILE, BEST_FILE, CHECKPOINTS = "job.json", "best.safetensors", "checkpoints"
+CHECKPOINT_GUESS_S = 2.0  # kept free for the pause's checkpoint until one has been timed
 DONE = ("finished", "stopped_early")
 
 
@@ -120,16 +121,20 @@ def job_config(job: dict) -> FinetuneConfig:
     return from_dict(FinetuneConfig, job["config"])
 
 
-def create_job(samples: list[ReviewedSample], val_ids: set[str], base: Detector, base_name: str, dataset: str,
-            config: FinetuneConfig, work_dir: Path) -> dict:
+def create_job(samples: list[ReviewedSample], val_ids: set[str], base: Detector | str, base_name: str, dataset: str,
+               config: FinetuneConfig, work_dir: Path, version_dir: VersionDir | None = None) -> dict:
     """Start a job in ``work_dir`` (emptied first) from ``samples`` split by ``val_ids``: score the
-    ``base`` model on the validation part and write ``job.json``."""
+    ``base`` model (a loaded detector, or a name loaded here with ``version_dir``) on the validation
+    part and write ``job.json``. Reads and writes only files: on ZeroGPU it runs in the GPU worker."""
+    if not isinstance(base, Detector):
+        base = load_detector_or_bundled(base, version_dir=version_dir)
     train_set = [s for s in samples if s.sample_id not in val_ids]
     val_set = [s for s in samples if s.sample_id in val_ids]
     reviewed_names = [str(name) for s in samples for name in s.truth.data["class_name"]]
     labels = list(base.labels) + [name for name in dict.fromkeys(reviewed_names) if name not in base.labels]
     size, longest = config.train.sizes(base.preprocess)
     base.model.eval()
+    started = time.perf_counter()
     before = _evaluate(base, val_set, labels, size)
     work_dir = Path(work_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -139,15 +144,17 @@ def create_job(samples: list[ReviewedSample], val_ids: set[str], base: Detector,
         "size": size, "longest": longest,
         "config": asdict(config), "before": asdict(before), "history": [], "best": {"ap": -1.0, "epoch": -1},
         "status": "prepared", "steps": 0, "seconds": 0.0,
+        # seconds one validation takes (the longest seen): kept free at the end of a time-budgeted chunk
+        "validation_s": round(time.perf_counter() - started, 3),
         "train": [_record(s) for s in train_set], "val": [_record(s) for s in val_set],
     }
     write_json(work_dir / JOB_FILE, job)
     return job
 
 
-def _job_detector(job: dict) -> Detector:
+def _job_detector(job: dict, device: str | None = None) -> Detector:
     """The job's base model with its head grown to the job's labels (new rows seeded alike every time)."""
-    detector = load_detector_or_bundled(job["base_dir"])
+    detector = load_detector_or_bundled(job["base_dir"], device)
     torch.manual_seed(job_config(job).train.seed)
     try:
         extend_head(detector.model, job["labels"])
@@ -170,8 +177,10 @@ def run_chunk(
     Returns the status: ``"paused"`` (call again to continue: the chunks together give exactly the
     result of one run), ``"finished"``, ``"stopped_early"`` or ``"cancelled"``. On a ZeroGPU Space
     this is the function that runs inside ``@spaces.GPU``; it writes only files under ``work_dir``.
+    ``budget_s`` counts from the call: loading the model, the steps, and keeping free at the end the
+    time of one validation and a checkpoint (measured, in ``job.json``).
     """
-    started = time.perf_counter()
+    started, chunk_start = time.perf_counter(), clock()
     work_dir = Path(work_dir)
     job = read_job(work_dir)
     if job["status"] in DONE:
@@ -187,7 +196,9 @@ def run_chunk(
                            checkpoint_dir=str(work_dir / CHECKPOINTS), resume=True)
 
     def validate(epoch: int) -> bool:
+        validation_started = time.perf_counter()
         metrics = _evaluate(detector, val_set, labels, size)
+        job["validation_s"] = round(max(job.get("validation_s", 0.0), time.perf_counter() - validation_started), 3)
         # a chunk that ended between an epoch's validation and the next checkpoint repeats that epoch
         job["history"] = [h for h in job["history"] if h["epoch"] != epoch] + [{"epoch": epoch, "val_AP": metrics.AP}]
         if on_epoch is not None:
@@ -198,8 +209,13 @@ def run_chunk(
         write_json(work_dir / JOB_FILE, job)
         return epoch - job["best"]["epoch"] >= config.patience  # no better epoch for `patience` epochs: stop
 
+    left_s = None if budget_s is None else max(budget_s - (clock() - chunk_start), 0.0)
+    reserve_s = job.get("validation_s", 0.0) + job.get("checkpoint_s", CHECKPOINT_GUESS_S)
     result = train(model, ReviewedDataset(train_set, labels), train_config, detector.preprocess, labels, branch=branch,
-                   progress=progress, cancel=cancel, epoch_end=validate, budget_s=budget_s, clock=clock)
+                   progress=progress, cancel=cancel, epoch_end=validate, budget_s=left_s, reserve_s=reserve_s,
+                   clock=clock)
+    if result.checkpoint_s:
+        job["checkpoint_s"] = round(max(job.get("checkpoint_s", 0.0), result.checkpoint_s), 3)
     model.eval()
     if result.status in DONE and (
             not job["history"] or job["history"][-1]["epoch"] != result.epoch or job["best"]["epoch"] < 0):
@@ -211,8 +227,26 @@ def run_chunk(
     return result.status
 
 
-def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | None = None) -> FinetuneResult:
-    """Score the job's best epoch and write it as a new registry version (or to ``out_dir``)."""
+def _best_detector(job: dict, work_dir: Path, device: str | None = None) -> Detector:
+    detector = _job_detector(job, device)
+    detector.model.load_state_dict(load_file(work_dir / BEST_FILE))
+    detector.model.config.auxiliary_loss = False
+    detector.model.eval()
+    return detector
+
+
+def score_best(work_dir: Path) -> dict:
+    """Validation metrics (`Metrics` as a dict) of the job's best epoch. Reads only files: on ZeroGPU
+    it runs in the GPU worker, and `finish` writes the version in the main process."""
+    work_dir = Path(work_dir)
+    job = read_job(work_dir)
+    return asdict(_evaluate(_best_detector(job, work_dir), _samples(job["val"]), job["labels"], job["size"]))
+
+
+def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | None = None,
+           after: dict | None = None) -> FinetuneResult:
+    """Write the job's best epoch as a new registry version (or to ``out_dir``), with its validation
+    metrics ``after`` (from `score_best`; scored here when not given)."""
     work_dir = Path(work_dir)
     job = read_job(work_dir)
     if job["status"] == "registered":
@@ -225,14 +259,10 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
         if out_dir.exists() and any(out_dir.iterdir()):
             raise FinetuneError(f"{out_dir} is not empty; choose a new folder so nothing is overwritten.")
     config, labels = job_config(job), job["labels"]
-    detector = _job_detector(job)
-    model = detector.model
-    model.load_state_dict(load_file(work_dir / BEST_FILE))
-    model.config.auxiliary_loss = False
-    model.eval()
+    after = Metrics(**(after if after is not None else score_best(work_dir)))
+    model = _best_detector(job, work_dir, device="cpu").model  # only saved from here
     train_set, val_set = _samples(job["train"]), _samples(job["val"])
     before = Metrics(**job["before"])
-    after = _evaluate(detector, val_set, labels, job["size"])
     outcome = FinetuneResult(status=job["status"], labels=labels, before=before, after=after,
                              best_epoch=job["best"]["epoch"], history=job["history"],
                              train_ids=[s.sample_id for s in train_set], val_ids=[s.sample_id for s in val_set],
@@ -275,6 +305,16 @@ def unfinished_job(work_dir: Path) -> dict | None:
     return None if job["status"] in ("registered", "cancelled") else job
 
 
+def run_here(fn: Callable, *args, duration_s: float | None = None, **kwargs):
+    """Run ``fn`` in this process (the `GpuCall` off ZeroGPU; the app passes one that runs it in
+    ``@spaces.GPU`` with ``duration_s``)."""
+    return fn(*args, **kwargs)
+
+
+GpuCall = Callable[..., object]  # on_gpu(fn, *args, duration_s=..., **kwargs) -> fn(*args, **kwargs)
+SCORING_S = 60  # what scoring a validation split may take on a GPU (a ZeroGPU call's duration)
+
+
 def continue_job(
     work_dir: Path,
     registry: Registry | None = None,
@@ -285,12 +325,14 @@ def continue_job(
     chunk_s: float | None = None,
     run: Callable[..., str] = run_chunk,
     clock: Callable[[], float] = time.monotonic,
+    on_gpu: GpuCall = run_here,
 ) -> FinetuneResult:
     """Run the prepared (or interrupted) job in ``work_dir`` chunk by chunk to the end, then `finish`.
 
     With ``chunk_s`` each chunk trains at most that long (a ZeroGPU call's slice) and the next
-    continues from its checkpoint; ``run`` is the chunk runner (the Train tab passes `run_chunk`
-    wrapped in ``spaces.GPU``). After a restart this picks the job up from its last checkpoint.
+    continues from its checkpoint; ``run`` is the chunk runner (on ZeroGPU the app passes one that
+    runs `run_chunk` inside ``spaces.GPU`` and retries a failed chunk). ``on_gpu`` runs the scoring
+    of the best epoch (`score_best`). After a restart this picks the job up from its last checkpoint.
     """
     status = "paused"
     while status == "paused":
@@ -301,4 +343,6 @@ def continue_job(
                               after=None, best_epoch=job["best"]["epoch"], history=job["history"],
                               train_ids=[r["sample_id"] for r in job["train"]],
                               val_ids=[r["sample_id"] for r in job["val"]], seconds=job["seconds"])
-    return finish(work_dir, registry, out_dir)
+    after = None if read_job(work_dir)["status"] == "registered" else on_gpu(score_best, str(work_dir),
+                                                                              duration_s=SCORING_S)
+    return finish(work_dir, registry, out_dir, after=after)
