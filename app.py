@@ -31,7 +31,18 @@ def main() -> None:
     from app.train import continue_unfinished
     from app.ui import build_app, launch
 
+    if config.journal_repo:  # the journal lives in a private Hub dataset repo: fetch it, then keep uploading
+        from datasets.journal import download_from_hub, upload_to_hub
+
+        folder = config.journal or data_dir / "journal"
+        found = download_from_hub(config.journal_repo, folder)
+        print(f"Journal: {config.journal_repo} ({'fetched' if found else 'new'}), uploaded every "
+              f"{config.journal_every_min:g} min", flush=True)
+        upload_to_hub(config.journal_repo, folder, config.journal_every_min)
     state = AppState(config, data_dir)
+    if (restored := state.restore_from_journal()) is not None:
+        print(f"Journal {state.journal.root}: restored {restored['samples']} samples, {restored['media']} images and "
+              f"{restored['versions']} model versions", flush=True)
     demo = launch(build_app(state), state, server_name=config.host, server_port=config.port,
                   auth=config.login_credentials)
     print(f"FiftyOne App on the review dataset: {demo.local_url.rstrip('/')}/fiftyone/", flush=True)

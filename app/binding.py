@@ -14,6 +14,7 @@ from pymongo.errors import ConnectionFailure
 
 from app.render import class_color
 from app.state import AppState
+from datasets.journal import JournalError
 
 DATABASE_DOWN = ("The review database is not reachable ({reason}), so nothing was read or saved. Detection and "
                  "the query views still work; try again in a moment (the app reconnects by itself).")
@@ -24,6 +25,8 @@ def database_errors():
     """A lost MongoDB connection as a message the user can act on, not Gradio's generic error."""
     try:
         yield
+    except JournalError as error:  # the write is in the database; the durable copy is not
+        raise gr.Error(str(error)) from None
     except ConnectionFailure as error:
         reason = str(error).split(",")[0].split(" (")[0][:120] or type(error).__name__
         raise gr.Error(DATABASE_DOWN.format(reason=reason)) from None

@@ -60,6 +60,13 @@ class AppConfig:
                                        "and the fine-tuned versions (on a Space, the only others allowed)")
     model_cache: int = _setting(3, "DETR_STUDIO_MODEL_CACHE", "models kept loaded at once (least recently used "
                                 "out)")
+    journal: Path | None = _setting(None, "DETR_STUDIO_JOURNAL", "folder of the durable journal of reviews, images "
+                                    "and model versions (a mounted storage bucket on a Space); restored into an "
+                                    "empty database at start-up (docs/hosting-on-spaces.md)")
+    journal_repo: str | None = _setting(None, "DETR_STUDIO_JOURNAL_REPO", "private Hub dataset repo the journal "
+                                        "folder is uploaded to (CommitScheduler; needs HF_TOKEN with write access)")
+    journal_every_min: float = _setting(1.0, "DETR_STUDIO_JOURNAL_EVERY", "with --journal-repo: minutes between "
+                                        "uploads")
     zero_gpu_chunk_s: float = _setting(60.0, "DETR_STUDIO_ZEROGPU_CHUNK_S", "on ZeroGPU: seconds of GPU one "
                                        "fine-tune chunk asks for (ZeroGPU's default slice is 60)")
     # Set by the platform (Hugging Face Spaces), never by a flag.

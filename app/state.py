@@ -24,6 +24,7 @@ import gradio as gr
 from app.config import HUB_MODELS, AppConfig
 from app.gpu import Gpu, Hardware
 from app.models import ModelCache, model_choices
+from datasets.journal import Journal
 from datasets.labels import ReviewError
 from datasets.review import ReviewStore
 from training.registry import Registry
@@ -109,7 +110,10 @@ class AppState:
     def __init__(self, config: AppConfig, data_dir: Path | None = None):
         self.config = config
         self.data_dir = Path(data_dir) if data_dir is not None else config.resolved_data_dir
-        self.registry = Registry(self.data_dir / "models")
+        journal_dir = config.journal or (self.data_dir / "journal" if config.journal_repo else None)
+        self.journal = Journal(journal_dir) if journal_dir is not None else None
+        self.registry = Registry(self.data_dir / "models",
+                                 on_added=self.journal.record_version if self.journal is not None else None)
         self.hardware = Hardware.detect(config.zero_gpu)
         # On ZeroGPU models stay on CPU here and run in the GPU worker: no CPU engine to prepare.
         self.models = ModelCache(self.registry.version_dir, cpu_bf16=config.cpu_bf16,
@@ -132,9 +136,17 @@ class AppState:
             if self._store is None:
                 try:
                     self._store = ReviewStore.open(self.config.dataset, self.data_dir)
+                    self._store.journal = self.journal
                 except ReviewError as error:
                     raise gr.Error(str(error)) from None
             return self._store
+
+    def restore_from_journal(self) -> dict | None:
+        """At start-up: with a journal configured, fill an empty review dataset from it and copy the
+        model versions the registry lacks (`datasets.journal`). Returns the counts, or None."""
+        if self.journal is None:
+            return None
+        return self.journal.restore(self.store, self.registry.root)
 
     @property
     def work_dir(self) -> Path:

@@ -128,9 +128,10 @@ class ReviewStore:
         store.save_review(sample_id, corrected, revision=item.revision, reviewer="ana")
     """
 
-    def __init__(self, dataset, media_dir: Path):
+    def __init__(self, dataset, media_dir: Path, journal=None):
         self.dataset = dataset
         self.media_dir = Path(media_dir)
+        self.journal = journal  # a `datasets.journal.Journal`: every write is also appended there
         # FiftyOne hands every thread the same in-memory Sample object, and reading a sample can
         # reload it; so one thread's edit could be wiped by another's read before it is saved.
         # Sample access is serialized within a process; across processes the revision claim holds.
@@ -162,7 +163,18 @@ class ReviewStore:
         for field in ("predictions", "ground_truth"):
             if field not in dataset.get_field_schema():
                 dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+        # Declared up front, so documents written raw (a restore from the journal) are readable.
+        if "review" not in dataset.get_field_schema():
+            dataset.add_sample_field("review", fo.EmbeddedDocumentField, embedded_doc_type=fo.DynamicEmbeddedDocument)
+        if "review_history" not in dataset.get_field_schema():
+            dataset.add_sample_field("review_history", fo.ListField, subfield=fo.EmbeddedDocumentField,
+                                     embedded_doc_type=fo.DynamicEmbeddedDocument)
         return cls(dataset, Path(data_dir) / "media")
+
+    def _journaled(self, sample_id: str) -> None:
+        """Append the sample as stored now to the journal, if there is one (before the write is acknowledged)."""
+        if self.journal is not None:
+            self.journal.record_sample(self.dataset.name, self.labels, self._raw(sample_id), self.media_dir)
 
     # ---- label space -------------------------------------------------------------------------
 
@@ -239,6 +251,7 @@ class ReviewStore:
                 {"$set": {"predictions": fo_predictions.to_dict(), "top_confidence": top,
                           "last_modified_at": revisions.now()}})
             self._reloaded(existing)
+            self._journaled(existing)
             return existing
         truth = to_fiftyone(ground_truth, width, height) if ground_truth is not None else None
         sample = fo.Sample(
@@ -252,6 +265,7 @@ class ReviewStore:
             sample["ground_truth"] = truth
         sample.metadata = fo.ImageMetadata(width=width, height=height, num_channels=3)
         self.dataset.add_sample(sample)
+        self._journaled(str(sample.id))
         return str(sample.id)
 
     def _missing(self, sample_id: str) -> ReviewError:
@@ -304,7 +318,10 @@ class ReviewStore:
     def adopt_outside_edit(self, sample_id: str, who: str | None = None) -> bool:
         """If the truth of ``sample_id`` was changed outside the Review tab (the FiftyOne App, a script),
         record that edit as a revision by ``who`` (`datasets.revisions.adopt`). Returns whether it did."""
-        return revisions.adopt(self.dataset._sample_collection, self._raw(sample_id), who)
+        adopted = revisions.adopt(self.dataset._sample_collection, self._raw(sample_id), who)
+        if adopted:
+            self._journaled(sample_id)
+        return adopted
 
     @_serialized
     def save_review(self, sample_id: str, boxes: sv.Detections, revision: int, reviewer: str) -> int:
@@ -330,6 +347,7 @@ class ReviewStore:
 
         new = revisions.write(self.dataset._sample_collection, self._raw(sample_id), revision, change)
         self._reloaded(sample_id)
+        self._journaled(sample_id)
         return new
 
     @_serialized
@@ -352,6 +370,7 @@ class ReviewStore:
 
         new = revisions.write(self.dataset._sample_collection, raw, revision, change)
         self._reloaded(sample_id)
+        self._journaled(sample_id)
         return new
 
     # ---- reading -----------------------------------------------------------------------------

@@ -56,8 +56,9 @@ class ModelVersion:
 class Registry:
     """The model versions under ``root`` (normally ``<data dir>/models``)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, on_added=None):
         self.root = Path(root)
+        self.on_added = on_added  # called with a new version's folder once it is registered
 
     def versions(self) -> list[ModelVersion]:
         """Complete versions, oldest first."""
@@ -124,4 +125,6 @@ class Registry:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if self.on_added is not None:  # e.g. the journal's copy (`datasets.journal`)
+            self.on_added(self.root / version_id)
         return self.get(version_id)
