@@ -15,12 +15,14 @@ test: install browser
 
 install: $(STAMP)
 
-# torch first, pinned, so the CPU wheel satisfies it and nothing later pulls a CUDA build.
+# torch first, pinned (the line of requirements.txt for this Python), so the CPU wheel satisfies it
+# and nothing later pulls a CUDA build.
 # constraints.txt pins every package to the versions the suite was last run with.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) torch==2.13.0
+	grep '^torch==' requirements.txt > $(VENV)/torch.txt
+	$(PIP) -r $(VENV)/torch.txt
 	$(PIP) -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	touch $(STAMP)
 
