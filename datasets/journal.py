@@ -161,6 +161,15 @@ class Journal:
         if labels:
             store.add_labels(labels)
         if documents:
+            # FiftyOne declares the fields as for any add (from the same documents); then the documents
+            # themselves go in as they were: same ids, times, revisions and history.
+            import fiftyone as fo
+            from bson import json_util
+
+            probes = [fo.Sample.from_dict(json_util.loads(json_util.dumps(
+                {key: value for key, value in raw.items() if key not in ("_id", "_dataset_id")}))) for raw in documents]
+            dataset.add_samples(probes, progress=False)
+            dataset._sample_collection.delete_many({"_id": {"$in": [probe._id for probe in probes]}})
             dataset._sample_collection.insert_many(documents)
             dataset.reload()
         versions = 0

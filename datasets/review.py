@@ -163,12 +163,6 @@ class ReviewStore:
         for field in ("predictions", "ground_truth"):
             if field not in dataset.get_field_schema():
                 dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
-        # Declared up front, so documents written raw (a restore from the journal) are readable.
-        if "review" not in dataset.get_field_schema():
-            dataset.add_sample_field("review", fo.EmbeddedDocumentField, embedded_doc_type=fo.DynamicEmbeddedDocument)
-        if "review_history" not in dataset.get_field_schema():
-            dataset.add_sample_field("review_history", fo.ListField, subfield=fo.EmbeddedDocumentField,
-                                     embedded_doc_type=fo.DynamicEmbeddedDocument)
         return cls(dataset, Path(data_dir) / "media")
 
     def _journaled(self, sample_id: str) -> None:

@@ -29,7 +29,7 @@ def test_selecting_queries_layers_and_heads_never_reruns_the_model(state, tiny_d
     image = data.astronaut()
     key, *_ = queries.run_queries(state, image, str(tiny_detr_dir), 256, 0.5)
     calls = []
-    monkeypatch.setattr(queries, "predict", lambda *a, **k: calls.append(1))  # would break if called
+    monkeypatch.setattr(state.gpu, "predict", lambda *a, **k: calls.append(1))  # would break if called
     overlays = {}
     for query, layer, head in [(0, "1", "mean"), (5, "1", "mean"), (5, "0", "mean"), (5, "1", "0"), (5, "1", "1")]:
         overlay, grid, details = queries.query_attention(state, key, query, layer, head, 0.5)

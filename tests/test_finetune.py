@@ -168,7 +168,8 @@ def test_shortened_end_to_end_learns_the_new_class(review_store, tmp_path):
     assert info["parent"] == "bundled" and set(info["train_ids"]).isdisjoint(info["val_ids"])
     assert len(info["train_ids"]) + len(info["val_ids"]) == 32
     assert info["metrics"]["before"]["per_class"]["star"] in (0.0, -1.0)
-    held_out = write_coco(tmp_path / "held_out", 24, 3_000_000, ShapesSpec(with_star=True))
+    # 60 held-out images: with 24, one class's AP moved by up to ~0.2 between runs of the same training
+    held_out = write_coco(tmp_path / "held_out", 60, 3_000_000, ShapesSpec(with_star=True))
     before = evaluate_model(load_detector("bundled"), held_out.parent)
     after = evaluate_model(load_detector(version.path), held_out.parent)
     print("shortened star check, before:", before.per_class, "after:", after.per_class)

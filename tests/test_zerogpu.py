@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -88,7 +89,8 @@ def zero_gpu_app(state, tmp_path):
     (tmp_path / "cgroup").write_text("5:devices:/zerogpu-test\n")
     app = subprocess.Popen([sys.executable, str(ROOT / "tests" / "zerogpu_app.py"), "--host", "127.0.0.1", "--port",
                             str(port), "--data-dir", str(state.data_dir), "--dataset", state.config.dataset,
-                            "--model", "bundled"], cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+                            "--model", "bundled"], cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                           start_new_session=True)  # its own process group: the forked GPU workers too
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 180
@@ -102,7 +104,7 @@ def zero_gpu_app(state, tmp_path):
                 time.sleep(0.5)
         yield url, api, log, app.pid
     finally:
-        app.kill()
+        os.killpg(app.pid, signal.SIGKILL)  # the server and the GPU workers `spaces` forked (daemons a kill orphans)
         app.wait(timeout=60)
         api.close()
 
