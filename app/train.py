@@ -19,13 +19,13 @@ from core.flags import with_flags
 from datasets.review import reviewed_samples
 from training.config import FinetuneConfig
 from training.finetune import config_problem, finetune, per_class_table
-from training.job import FinetuneError, continue_job, unfinished_job
+from training.job import FORGETTING_LIMIT, FinetuneError, continue_job, unfinished_job
 from training.registry import RegistryError
 
 if TYPE_CHECKING:
     from app.state import AppState, Job
 
-VERSION_HEADERS = ["version", "parent", "created", "val AP before", "val AP after", "labels", "samples"]
+VERSION_HEADERS = ["version", "parent", "created", "val AP before", "val AP after", "forgetting", "labels", "samples"]
 
 
 def training_summary(state: AppState) -> str:
@@ -115,6 +115,11 @@ def start_finetune(state: AppState, base: str, epochs: int, lr: float, trainable
                 return
             status = (f"**{result.version}** saved ({result.status}, best epoch {result.best_epoch}, "
                       f"{result.seconds / 60:.1f} min). Validation AP {result.before.AP:.3f} → {result.after.AP:.3f}.")
+            if result.forgotten:
+                status += ("\n\n**Forgetting:** " + ", ".join(f"{name} {change:+.3f}" for name, change in
+                                                             result.forgotten.items())
+                           + f" in validation AP (more than {FORGETTING_LIMIT} down). Check these classes before "
+                           "switching to this version; it is recorded in its version.json.")
             yield status, _plot(history, losses), per_class_table(result), gr.update(value=result.version)
             return
         yield status, _plot(history, losses), [], gr.update()
@@ -140,6 +145,8 @@ def versions_table(state: AppState) -> list[list]:
         rows.append([version.name, info.get("parent", ""), info.get("created", ""),
                      round(metrics.get("before", {}).get("AP", float("nan")), 3),
                      round(metrics.get("after", {}).get("AP", float("nan")), 3),
+                     ", ".join(f"{name} {change:+.3f}" for name, change in
+                               info.get("forgetting", {}).get("classes", {}).items()),
                      ", ".join(info.get("labels", [])), len(info.get("train_ids", [])) + len(info.get("val_ids", []))])
     return rows
 

@@ -132,3 +132,35 @@ def test_one_to_many_choice_moves_what_trains_off_the_heads_and_is_checked(state
         next(train.start_finetune(state, "bundled", 1, 1e-4, "heads", "co-detr"))
     with pytest.raises(gr.Error, match="must be one of"):
         next(train.start_finetune(state, "bundled", 1, 1e-4, "all", "dino"))
+
+
+def test_forgetting_is_flagged_in_the_result_the_version_and_the_versions_table(state, review_store):
+    """A fine-tune at a learning rate that wrecks the model: every old class it got worse at by more
+    than 0.05 is named on the page, in version.json and in the versions table."""
+    build_review_dataset(review_store, 16)
+    outputs = list(train.start_finetune(state, "bundled", 2, 3e-2, "all"))
+    status = outputs[-1][0]
+    forgetting = state.registry.get("version:v0001").info["forgetting"]
+    assert forgetting["limit"] == 0.05 and forgetting["classes"], status
+    assert set(forgetting["classes"]) <= {"circle", "square", "triangle"}  # old classes only, never the new star
+    assert all(change < -0.05 for change in forgetting["classes"].values())
+    assert "**Forgetting:**" in status and all(name in status for name in forgetting["classes"])
+    assert all(name in train.versions_table(state)[0][5] for name in forgetting["classes"])
+
+
+@pytest.mark.parametrize("before, after, flagged", [
+    ({"circle": 0.8}, {"circle": 0.74}, {"circle": -0.06}),  # more than 0.05 down
+    ({"circle": 0.8}, {"circle": 0.76}, {}),  # within the limit
+    ({"circle": 0.8}, {"circle": 0.9}, {}),  # better
+    ({"circle": -1.0}, {"circle": 0.2}, {}),  # no validation boxes before: not judged
+    ({"circle": 0.8}, {"circle": -1.0}, {}),  # none after
+    ({"star": 0.0}, {"star": -1.0}, {}),  # a class the base did not have is never "forgotten"
+])
+def test_forgotten_classes(before, after, flagged):
+    from core.evaluate import Metrics
+    from training.job import forgotten_classes
+
+    def metrics(per_class):
+        return Metrics(0.5, 0.5, 0.5, 0.5, 0.5, 0.5, per_class=per_class)
+
+    assert forgotten_classes(metrics(before), metrics(after), ["circle", "square", "triangle"]) == flagged

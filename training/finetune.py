@@ -35,7 +35,7 @@ from core.train import Progress, trainable_problem
 from datasets.labels import ReviewError
 from datasets.review import reviewed_samples
 from training.config import FinetuneConfig
-from training.job import SCORING_S, FinetuneError, FinetuneResult, GpuCall, continue_job, create_job, run_here
+from training.job import FORGETTING_LIMIT, SCORING_S, FinetuneError, FinetuneResult, GpuCall, continue_job, create_job, run_here
 from training.registry import Registry
 from training.split import validation_ids
 
@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'class':<14}{'AP before':>10}{'AP after':>10}{'change':>8}")
     for name, before, after, change in per_class_table(result):
         print(f"{name:<14}{before!s:>10}{after!s:>10}{change!s:>8}")
+    for name, change in result.forgotten.items():
+        print(f"forgetting: {name} validation AP {change:+.3f} (more than {FORGETTING_LIMIT} down)")
     print(f"saved: {result.version or result.out_dir}")
     return 0
 

@@ -46,6 +46,7 @@ from training.registry import Registry
 from training.split import RULE
 
 JOB_FILE, BEST_FILE, CHECKPOINTS = "job.json", "best.safetensors", "checkpoints"
+FORGETTING_LIMIT = 0.05  # an old class whose validation AP falls by more than this is flagged as forgotten
 CHECKPOINT_GUESS_S = 2.0  # kept free for the pause's checkpoint until one has been timed
 DONE = ("finished", "stopped_early")
 
@@ -63,6 +64,7 @@ class FinetuneResult:
     best_epoch: int
     history: list[dict] = field(default_factory=list)  # per epoch: epoch, val AP
     version: str | None = None  # the registry version, or None when cancelled / written to a folder
+    forgotten: dict[str, float] = field(default_factory=dict)  # old classes whose AP fell > FORGETTING_LIMIT: change
     out_dir: Path | None = None
     train_ids: list[str] = field(default_factory=list)
     val_ids: list[str] = field(default_factory=list)
@@ -141,6 +143,7 @@ def create_job(samples: list[ReviewedSample], val_ids: set[str], base: Detector 
     work_dir.mkdir(parents=True)
     job = {
         "base": base_name, "base_dir": str(base.source), "kind": base.kind, "dataset": dataset, "labels": labels,
+        "base_labels": list(base.labels),
         "size": size, "longest": longest,
         "config": asdict(config), "before": asdict(before), "history": [], "best": {"ap": -1.0, "epoch": -1},
         "status": "prepared", "steps": 0, "seconds": 0.0,
@@ -227,6 +230,18 @@ def run_chunk(
     return result.status
 
 
+def forgotten_classes(before: Metrics, after: Metrics, old_labels: list[str],
+                      limit: float = FORGETTING_LIMIT) -> dict[str, float]:
+    """The classes of ``old_labels`` whose validation AP fell by more than ``limit``: name -> change.
+    A class without validation boxes (AP -1) before or after is not judged."""
+    changes = {}
+    for name in old_labels:
+        was, now = before.per_class.get(name, -1.0), after.per_class.get(name, -1.0)
+        if was >= 0 and now >= 0 and now < was - limit:
+            changes[name] = round(now - was, 3)
+    return changes
+
+
 def _best_detector(job: dict, work_dir: Path, device: str | None = None) -> Detector:
     detector = _job_detector(job, device)
     detector.model.load_state_dict(load_file(work_dir / BEST_FILE))
@@ -266,12 +281,15 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
     outcome = FinetuneResult(status=job["status"], labels=labels, before=before, after=after,
                              best_epoch=job["best"]["epoch"], history=job["history"],
                              train_ids=[s.sample_id for s in train_set], val_ids=[s.sample_id for s in val_set],
-                             seconds=job["seconds"])
+                             seconds=job["seconds"], forgotten=forgotten_classes(before, after,
+                                                                                 job.get("base_labels", labels)))
     info = {
         "parent": job["base"], "labels": labels, "kind": job["kind"], "dataset": job["dataset"], "status": job["status"],
         "steps": job["steps"], "best_epoch": job["best"]["epoch"], "seconds": round(job["seconds"], 1),
         "settings": asdict(config), "history": job["history"],
         "metrics": {"before": asdict(before), "after": asdict(after)},
+        # shown before anyone switches to the version: old classes it got worse at
+        "forgetting": {"limit": FORGETTING_LIMIT, "classes": outcome.forgotten},
         "split": {"rule": RULE, "val_fraction": config.val_fraction},
         "train_ids": outcome.train_ids, "val_ids": outcome.val_ids,
     }
