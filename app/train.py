@@ -127,8 +127,11 @@ def start_finetune(state: AppState, base: str, epochs: int, lr: float, trainable
 
 def trainable_for_hybrid(hybrid: str, trainable: str) -> str:
     """The Train tab's "What trains" after the one-to-many choice changes: hybrid training needs more
-    than the heads, so "heads" becomes "transformer"; any other choice stays."""
-    return "transformer" if hybrid != "off" and trainable == "heads" else trainable
+    than the heads (Co-DETR's ATSS head also the encoder), so those become "transformer"; any other
+    choice stays."""
+    if (hybrid != "off" and trainable == "heads") or (hybrid == "co-detr" and trainable == "decoder"):
+        return "transformer"
+    return trainable
 
 
 def cancel_finetune(state: AppState) -> str:

@@ -49,21 +49,31 @@ def make_anchors(feature_sizes: Sequence[tuple[int, int]], strides: Sequence[int
 
 
 @torch.no_grad()
-def atss_assign(anchors: torch.Tensor, levels: torch.Tensor, gt_boxes: torch.Tensor, topk: int = 9
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def atss_assign(anchors: torch.Tensor, levels: torch.Tensor, gt_boxes: torch.Tensor, topk: int = 9,
+                valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Assign anchors to ground-truth boxes.
 
     Args:
         anchors: ``[A, 4]`` xyxy px; levels: ``[A]`` level index of each anchor.
         gt_boxes: ``[G, 4]`` xyxy px (G may be 0).
-        topk: candidates per box and level.
+        topk: candidates per box and level (at most the level's valid anchors).
+        valid: ``[A]`` bool, the anchors of this image (not of the batch's padding). Only they take
+            part, as in the reference (mmdet assigns over the anchors inside the image): padding
+            anchors would lower each box's mean + std threshold and make an image's positives
+            depend on its batch neighbours. None: all anchors.
 
     Returns:
         ``(assigned [A], iou [A])``: the index of the box each anchor is positive for, -1 for a
-        negative; and that anchor's IoU with its box (0 for negatives).
+        negative (always for an invalid anchor); and that anchor's IoU with its box (0 for negatives).
     """
     num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
     assigned = torch.full((num_anchors,), -1, dtype=torch.long, device=anchors.device)
+    if valid is not None and not bool(valid.all()):
+        inside = valid.nonzero().squeeze(1)
+        sub_assigned, sub_iou = atss_assign(anchors[inside], levels[inside], gt_boxes, topk)
+        iou = torch.zeros(num_anchors, device=anchors.device)
+        assigned[inside], iou[inside] = sub_assigned, sub_iou
+        return assigned, iou
     if num_gt == 0 or num_anchors == 0:
         return assigned, torch.zeros(num_anchors, device=anchors.device)
     iou, _ = box_iou(anchors, gt_boxes)  # [A, G]
@@ -128,9 +138,11 @@ class ATSSHead(nn.Module):
         self.box = nn.Conv2d(d_model, 4, 3, padding=1)
         self.centerness = nn.Conv2d(d_model, 1, 3, padding=1)
         self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
-        nn.init.constant_(self.cls.bias, -math.log((1 - prior_prob) / prior_prob))  # rare positives at first
-        for conv in (self.cls, self.box, self.centerness):
-            nn.init.normal_(conv.weight, std=0.01)
+        for module in self.modules():  # the reference's init: every conv Normal(0, 0.01), bias 0...
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, std=0.01)
+                nn.init.zeros_(module.bias)
+        nn.init.constant_(self.cls.bias, -math.log((1 - prior_prob) / prior_prob))  # ...but rare positives at first
 
     def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, deltas, centerness = [], [], []
@@ -142,11 +154,20 @@ class ATSSHead(nn.Module):
         return torch.cat(logits, 1), torch.cat(deltas, 1), torch.cat(centerness, 1)
 
 
+DELTA_STDS = (0.1, 0.1, 0.2, 0.2)  # the reference's box coder (mmdet DeltaXYWHBBoxCoder in Co-DETR's ATSS head)
+MAX_LOG_RATIO = abs(math.log(16 / 1000))  # its clamp of dw, dh, both ways
+
+
 def decode_boxes(anchors: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
-    """Anchors ``[A, 4]`` xyxy and deltas ``[..., A, 4]`` -> boxes ``[..., A, 4]`` xyxy (px)."""
+    """Anchors ``[A, 4]`` xyxy and deltas ``[..., A, 4]`` -> boxes ``[..., A, 4]`` xyxy (px).
+
+    As the reference coder: the deltas are scaled by `DELTA_STDS` first (an output of 1 moves the
+    centre by a tenth of the anchor, not a whole anchor), ``dw, dh`` clamped to +-`MAX_LOG_RATIO`."""
+    stds = deltas.new_tensor(DELTA_STDS)
+    scaled = deltas * stds
     size = anchors[:, 2:] - anchors[:, :2]
-    centre = box_xyxy_centers(anchors) + deltas[..., :2] * size
-    half = size * deltas[..., 2:].clamp(max=math.log(1000 / 16)).exp() / 2  # mmdet's clamp against overflow
+    centre = box_xyxy_centers(anchors) + scaled[..., :2] * size
+    half = size * scaled[..., 2:].clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp() / 2
     return torch.cat([centre - half, centre + half], -1)
 
 
@@ -160,13 +181,23 @@ def centerness_target(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tenso
     return (ratio[:, 0] * ratio[:, 1]).sqrt()
 
 
+def _mean_over_processes(value: float, device: torch.device) -> float:
+    """``value`` averaged over the processes of a distributed run (mmdet's reduce_mean); itself otherwise."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    tensor = torch.tensor(value, dtype=torch.float32, device=device)
+    torch.distributed.all_reduce(tensor)
+    return float(tensor) / torch.distributed.get_world_size()
+
+
 def atss_loss(logits: torch.Tensor, deltas: torch.Tensor, centerness: torch.Tensor, anchors: torch.Tensor,
               targets: Sequence[dict[str, torch.Tensor]], assigned: Sequence[torch.Tensor],
               valid: torch.Tensor | None = None, focal_alpha: float = 0.25, focal_gamma: float = 2.0
               ) -> dict[str, torch.Tensor]:
-    """Focal classification and centerness BCE averaged over the batch's positive anchors (at least
-    1, so images without boxes give a finite loss), and GIoU averaged with the centerness targets
-    as weights.
+    """Focal classification and centerness BCE averaged over the batch's positive anchors, and GIoU
+    averaged with the centerness targets as weights; as the reference, both normalisers are
+    averaged over the processes of a distributed run and are at least 1 (images without boxes give
+    a finite loss, and a few low-centerness positives cannot blow the GIoU term up).
 
     Args:
         logits ``[B, A, C]``, deltas ``[B, A, 4]``, centerness ``[B, A]``: the head's outputs.
@@ -196,7 +227,8 @@ def atss_loss(logits: torch.Tensor, deltas: torch.Tensor, centerness: torch.Tens
         giou_terms.append(((1 - paired_generalized_box_iou(predicted, matched)) * weight).sum())
         weights.append(weight.sum())
         centerness_terms.append(F.binary_cross_entropy_with_logits(centerness[b, positive], weight, reduction="sum"))
-    normalizer = max(positives, 1)
+    normalizer = max(_mean_over_processes(float(positives), logits.device), 1.0)
+    giou_normalizer = max(_mean_over_processes(float(torch.stack(weights).sum()) if weights else 0.0, logits.device), 1.0)
     zero = deltas.sum() * 0 + centerness.sum() * 0  # keeps the graph when nothing is positive
     focal = sigmoid_focal_loss(logits, class_targets, focal_alpha, focal_gamma)
     if valid is not None:
@@ -204,7 +236,6 @@ def atss_loss(logits: torch.Tensor, deltas: torch.Tensor, centerness: torch.Tens
     return {
         "loss_atss_cls": focal.sum() / normalizer,
         # as ATSS: the GIoU loss is averaged with the centerness targets as weights
-        "loss_atss_giou": (torch.stack(giou_terms).sum() / torch.stack(weights).sum().clamp(min=1e-6)
-                           if giou_terms else zero),
+        "loss_atss_giou": torch.stack(giou_terms).sum() / giou_normalizer if giou_terms else zero,
         "loss_atss_centerness": (torch.stack(centerness_terms).sum() if centerness_terms else zero) / normalizer,
     }

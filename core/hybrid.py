@@ -60,7 +60,7 @@ class HybridConfig:
     h_detr_weight: float = 1.0
 
 
-def hybrid_setting_problem(hybrid: str, trainable: str, one_to_many: int = 0) -> str | None:
+def hybrid_setting_problem(hybrid: str, trainable: str, one_to_many: int = 0, lambda2: float = 0.0) -> str | None:
     """What is wrong with training ``hybrid`` while only ``trainable`` trains (`core.train.TRAINABLE`),
     as a message for the user; None when the pair can work. One rule for the loop, the fine-tune
     and the Train tab, each of which checks it before it starts."""
@@ -70,6 +70,10 @@ def hybrid_setting_problem(hybrid: str, trainable: str, one_to_many: int = 0) ->
         return (f"hybrid={hybrid!r} supervises the decoder (Co-DETR's ATSS head also the encoder), which "
                 "trainable='heads' keeps frozen, so it has nothing to train; choose 'decoder', 'transformer' "
                 "or 'all' for what trains (or hybrid 'off').")
+    if hybrid == "co-detr" and trainable == "decoder" and lambda2 > 0:
+        return ("hybrid='co-detr' with trainable='decoder': its ATSS head supervises the encoder, which stays "
+                "frozen, so the head would train only itself; set co_detr_lambda2 to 0 (positive queries only) "
+                "or train 'transformer' or 'all'.")
     if hybrid != "off" and one_to_many > 1:
         return "one_to_many (hybrid layers) and hybrid are two forms of one-to-many training; use one."
     return None
@@ -80,7 +84,7 @@ def build_branch(model: nn.Module, num_classes: int, config: HybridConfig, train
     """The training-only branch ``config.method`` asks for (None for "off"), on the model's device,
     for `core.train.train`'s ``branch``. Its initial weights depend only on ``seed``; the global
     torch random stream is left as it was."""
-    if problem := hybrid_setting_problem(config.method, trainable, one_to_many):
+    if problem := hybrid_setting_problem(config.method, trainable, one_to_many, config.co_detr_lambda2):
         raise ValueError(problem)
     if config.method == "off":
         return None
@@ -213,8 +217,7 @@ class CoDetrBranch(nn.Module):
         for b, target in enumerate(targets):
             height, width = sizes[b].to(target["boxes"])
             boxes = box_cxcywhn_to_xyxy(target["boxes"], width, height)
-            image_assigned, _ = atss_assign(anchors, levels, boxes.float(), self.topk)
-            image_assigned[~valid[b]] = -1
+            image_assigned, _ = atss_assign(anchors, levels, boxes.float(), self.topk, valid=valid[b])
             pixel_targets.append({"class_labels": target["class_labels"], "boxes_xyxy": boxes})
             assigned.append(image_assigned)
         outputs = {"anchors": anchors, "valid": valid, "assigned": assigned, "pixel_targets": pixel_targets}

@@ -126,6 +126,7 @@ def test_a_cancelled_fine_tune_is_not_continued(state, review_store):
 def test_one_to_many_choice_moves_what_trains_off_the_heads_and_is_checked(state, review_store):
     assert train.trainable_for_hybrid("co-detr", "heads") == "transformer"
     assert train.trainable_for_hybrid("h-detr", "decoder") == "decoder"
+    assert train.trainable_for_hybrid("co-detr", "decoder") == "transformer"  # its ATSS head needs the encoder
     assert train.trainable_for_hybrid("off", "heads") == "heads"
     build_review_dataset(review_store, 10)
     with pytest.raises(gr.Error, match="nothing to train"):

@@ -3,6 +3,8 @@ targets, and the vectorised assigner against a plain loop over boxes and levels.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -143,7 +145,57 @@ def test_decoded_zero_deltas_are_the_anchors_and_centerness_peaks_at_the_centre(
 
     anchors = torch.tensor([[0.0, 0, 10, 10], [5.0, 5, 25, 15]])
     assert torch.allclose(decode_boxes(anchors, torch.zeros(2, 4)), anchors)
+    # The reference coder's stds (0.1, 0.1, 0.2, 0.2): an output of 1 moves the centre a tenth of the
+    # anchor and scales the side by e^0.2; the log-scale is clamped both ways at |log(16/1000)|.
+    moved = decode_boxes(anchors[:1], torch.tensor([[1.0, -1.0, 1.0, 0.0]]))[0]
+    side = 10 * math.exp(0.2)
+    assert torch.allclose(moved, torch.tensor([6 - side / 2, 4 - 5, 6 + side / 2, 4 + 5]), atol=1e-5)
+    huge = decode_boxes(anchors[:1], torch.tensor([[0.0, 0.0, 1e4, -1e4]]))[0]
+    ratio = 1000 / 16
+    assert torch.allclose(huge, torch.tensor([5 - 5 * ratio, 5 - 5 / ratio, 5 + 5 * ratio, 5 + 5 / ratio]), rtol=1e-5)
     box = torch.tensor([[0.0, 0, 20, 20]] * 2)
     centred, off = torch.tensor([[5.0, 5, 15, 15]]), torch.tensor([[0.0, 0, 10, 10]])
     assert centerness_target(centred, box[:1]).item() == pytest.approx(1.0)
     assert centerness_target(off, box[:1]).item() == pytest.approx(1 / 3)  # centre (5, 5): 5/15 each way
+
+
+def test_padding_anchors_take_no_part_in_the_assignment():
+    """An image in a padded batch gets exactly the positives it gets alone: the anchors over the
+    padding are neither candidates nor counted in a box's mean + std (as mmdet assigns over the
+    anchors inside the image), and k is at most the level's valid anchors."""
+    alone_anchors, alone_levels = make_anchors([(4, 4), (2, 2)], strides=[8, 16], scale=4)
+    padded_anchors, padded_levels = make_anchors([(4, 8), (2, 4)], strides=[8, 16], scale=4)  # twice as wide
+    centres = (padded_anchors[:, :2] + padded_anchors[:, 2:]) / 2
+    valid = centres[:, 0] < 32  # the image is 32 px wide, the batch 64
+    box = torch.tensor([[2.0, 8.0, 26.0, 26.0]])  # with the padding as candidates: 4 positives, not 2
+    alone, alone_iou = atss_assign(alone_anchors, alone_levels, box, topk=9)
+    padded, padded_iou = atss_assign(padded_anchors, padded_levels, box, topk=9, valid=valid)
+    assert (padded[~valid] == -1).all()
+    assert padded[valid].tolist() == alone.tolist() and torch.equal(padded_iou[valid], alone_iou)
+    assert (alone >= 0).any()  # something was assigned, so the comparison means something
+    unmasked, _ = atss_assign(padded_anchors, padded_levels, box, topk=9)
+    assert unmasked[valid].tolist() != alone.tolist()  # the case is one where the padding used to matter
+
+
+def test_head_init_and_loss_normalisers_follow_the_reference():
+    from core.atss import ATSSHead, atss_loss
+
+    head = ATSSHead(16, num_classes=2, num_levels=1)
+    convs = [m for m in head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(abs(float(m.weight.std()) - 0.01) < 0.003 for m in convs)  # towers too: Normal(0, 0.01)
+    assert all(float(m.bias.abs().max()) == 0 for m in convs if m is not head.cls)  # box, centerness, towers: 0
+    assert torch.allclose(head.cls.bias, torch.full((2,), -math.log(99.0)))
+    # One positive anchor whose centerness target is tiny: the GIoU term is divided by at least 1,
+    # not by the tiny weight (which would make it ~1 whatever the box).
+    anchors = torch.tensor([[0.0, 0, 8, 8], [40.0, 40, 48, 48]])
+    box = torch.tensor([[3.9, 3.9, 40.0, 40.0]])  # the anchor centre (4, 4) is just inside a corner
+    targets = [{"class_labels": torch.tensor([0]), "boxes_xyxy": box}]
+    assigned = [torch.tensor([0, -1])]
+    deltas = torch.zeros(1, 2, 4)
+    losses = atss_loss(torch.zeros(1, 2, 2), deltas, torch.zeros(1, 2), anchors, targets, assigned)
+    from core.atss import centerness_target
+    from core.boxes import paired_generalized_box_iou
+
+    weight = centerness_target(anchors[:1], box)
+    expected = ((1 - paired_generalized_box_iou(anchors[:1], box)) * weight).sum() / 1.0
+    assert float(weight) < 0.1 and torch.allclose(losses["loss_atss_giou"], expected)

@@ -196,10 +196,16 @@ def test_h_detr_group_is_matched_against_repeated_targets():
     ({"method": "co-detr"}, "heads", 0, "trainable='heads'"),
     ({"method": "h-detr"}, "all", 5, "use one"),
     ({"method": "co-detr", "co_detr_lambda1": 0.0, "co_detr_lambda2": 0.0}, "all", 0, "hybrid='off'"),
+    # the ATSS head's gradient reaches only the frozen encoder: it would train only itself
+    ({"method": "co-detr"}, "decoder", 0, "would train only itself"),
 ])
 def test_settings_that_cannot_work_are_refused(setting, trainable, one_to_many, message):
     with pytest.raises(ValueError, match=message):
         build_branch(tiny_model("detr"), 3, HybridConfig(**setting), trainable, one_to_many)
+
+
+def test_positive_queries_alone_may_train_with_the_decoder():
+    assert build_branch(tiny_model("detr"), 3, HybridConfig(method="co-detr", co_detr_lambda2=0.0), "decoder") is not None
 
 
 def test_a_hybrid_layer_scheme_and_a_branch_are_refused_together():

@@ -43,7 +43,7 @@ from training.split import validation_ids
 def config_problem(config: FinetuneConfig) -> str | None:
     """What is wrong with ``config`` as a message for the user, or None (checked before any work)."""
     return trainable_problem(config.train.trainable) or hybrid_setting_problem(
-        config.hybrid.method, config.train.trainable, config.train.one_to_many)
+        config.hybrid.method, config.train.trainable, config.train.one_to_many, config.hybrid.co_detr_lambda2)
 
 
 def prepare(view, base: str, config: FinetuneConfig, work_dir: Path, registry: Registry | None = None,
