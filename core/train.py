@@ -37,6 +37,7 @@ from core.boxes import box_cxcywhn_hflip
 from core.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from core.family import family_of
 from core.forward import AllDecoderLayers
+from core.copy_paste import copy_paste
 from core.loading import PreprocessConfig
 from core.losses import criterion_for, validate_targets
 from core.preprocess import preprocess
@@ -63,6 +64,8 @@ class TrainConfig:
     longest_edge: int | None = None  # None: scaled with shortest_edge as the model's own pair
     scale_jitter: Sequence[float] = ()  # e.g. (0.75, 0.875, 1.0): per-batch factors on shortest_edge
     hflip: float = 0.0  # probability of a horizontal flip per image
+    copy_paste: float = 0.0  # probability per image of pasting objects of another image of the batch (core.copy_paste)
+    copy_paste_objects: int = 3  # at most this many pasted per image
     one_to_many: int = 0  # H-DETR hybrid layers: repeat targets this often for early layers (0 = off)
     one_to_many_layers: int = 0
     class_weight: float | None = None  # None: the model family's (DETR 1, Conditional DETR 2)
@@ -169,6 +172,8 @@ def epoch_batches(size: int, epoch: int, config: TrainConfig, rank: int, world: 
 
 def _augment(images: list[np.ndarray], targets: list[dict], config: TrainConfig, sizes: tuple[int, int],
              rng: np.random.Generator):
+    if config.copy_paste > 0:  # off by default, so the draws below (and resumed runs) stay as they were
+        images, targets = copy_paste(images, targets, rng, config.copy_paste, config.copy_paste_objects)
     if config.hflip > 0:
         for i in range(len(images)):
             if rng.random() < config.hflip:
