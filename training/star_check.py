@@ -1,6 +1,7 @@
 """End-to-end check that fine-tuning on reviewed data teaches the bundled model a new class.
 
     python -m training.star_check [--reviewed 60] [--held-out 100] [--work data/star_check]
+                                  [--review-seed 2000000] [--held-out-seed 3000000]
 
 1. Generates ``--reviewed`` shapes images in which ``star`` appears (seeds from 2,000,000, used
    nowhere else), adds them to a FiftyOne review dataset through the review store with the
@@ -54,7 +55,8 @@ def build_review_dataset(store, count: int, first_seed: int = REVIEW_FIRST_SEED)
     return ids
 
 
-def run(reviewed: int, held_out: int, work: Path, config: FinetuneConfig, dataset_name: str | None = None
+def run(reviewed: int, held_out: int, work: Path, config: FinetuneConfig, dataset_name: str | None = None,
+        review_seed: int = REVIEW_FIRST_SEED, held_out_seed: int = HELD_OUT_FIRST_SEED
         ) -> tuple[FinetuneResult, Metrics, Metrics]:
     """Steps 1-3; returns the fine-tune result and the held-out metrics before and after."""
     from datasets.review import ReviewStore
@@ -63,14 +65,14 @@ def run(reviewed: int, held_out: int, work: Path, config: FinetuneConfig, datase
     shutil.rmtree(work / "model", ignore_errors=True)
     store = ReviewStore.open(dataset_name or f"star-check-{uuid.uuid4().hex[:8]}", work / "data")
     try:
-        build_review_dataset(store, reviewed)
+        build_review_dataset(store, reviewed, review_seed)
         result = finetune(store.dataset, "bundled", config, out_dir=work / "model")
     finally:
         if dataset_name is None:
             store.dataset.delete()
-    held_out_dir = work / "held_out"
+    held_out_dir = work / f"held_out-{held_out_seed}-{held_out}"
     if not (held_out_dir / "annotations.json").is_file():
-        write_coco(held_out_dir, held_out, HELD_OUT_FIRST_SEED, ShapesSpec(with_star=True))
+        write_coco(held_out_dir, held_out, held_out_seed, ShapesSpec(with_star=True))
     before = evaluate_model(load_detector("bundled"), held_out_dir)
     after = evaluate_model(load_detector(work / "model"), held_out_dir)
     return result, before, after
@@ -81,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reviewed", type=int, default=60)
     parser.add_argument("--held-out", type=int, default=100)
     parser.add_argument("--work", type=Path, default=Path("data/star_check"))
+    parser.add_argument("--review-seed", type=int, default=REVIEW_FIRST_SEED, help="first seed of the reviewed "
+                        "images (another seed set: fresh data nobody chose settings on)")
+    parser.add_argument("--held-out-seed", type=int, default=HELD_OUT_FIRST_SEED, help="first seed of the held-out "
+                        "images")
     parser.add_argument("--data-dir", type=Path, default=None, help="where FiftyOne's database lives "
                         "(default: WORK/data); FIFTYONE_DATABASE_URI overrides")
     add_flags(parser, FinetuneConfig)
@@ -90,10 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_fiftyone(args.data_dir or args.work / "data")
     config = from_flags(FinetuneConfig, args)
     started = time.perf_counter()
-    result, before, after = run(args.reviewed, args.held_out, args.work, config)
+    result, before, after = run(args.reviewed, args.held_out, args.work, config, review_seed=args.review_seed,
+                                held_out_seed=args.held_out_seed)
     minutes = (time.perf_counter() - started) / 60
     print(f"fine-tune: {result.status}, best epoch {result.best_epoch}, {result.seconds / 60:.1f} min "
           f"({len(result.train_ids)} train / {len(result.val_ids)} validation); whole check {minutes:.1f} min")
+    print(f"reviewed seeds from {args.review_seed}, held-out seeds from {args.held_out_seed}")
     print(f"held-out AP on {args.held_out} images | before (bundled) | after | change")
     print("--- | --- | --- | ---")
     for name in ["AP", *after.per_class]:
