@@ -85,3 +85,49 @@ def test_an_unwritable_journal_says_the_save_is_not_durable(state, tmp_path):
     with pytest.raises(JournalError, match="saved in the database, but the journal .* could not be written"):
         state.store.add_image(generate_sample(4).image, sv.Detections.empty(), "bundled", ["circle"])
     assert len(state.store.dataset) == 1  # the database has it; the message says the copy is missing
+
+
+def test_the_app_restarted_on_a_wiped_disk_restores_from_the_journal(tmp_path):
+    """`python app.py --journal DIR` in its own process, on its own MongoDB: reviews and an undo
+    through the API, then the process killed, the data directory and the database deleted (a Space's
+    restart), the app started again on the same journal: the documents are back as they were."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+    from pymongo import MongoClient
+
+    from test_faults import Served
+
+    def stored(served) -> dict:
+        client = MongoClient(f"mongodb://127.0.0.1:{served.db_port}", serverSelectionTimeoutMS=5000)
+        database = client.get_default_database("fiftyone")
+        found = {}
+        for dataset in database.datasets.find({}):
+            for raw in database[dataset["sample_collection_name"]].find({}):
+                raw.pop("_dataset_id")
+                found[str(raw["_id"])] = json_util.dumps(raw, json_options=json_util.CANONICAL_JSON_OPTIONS)
+        client.close()
+        return found
+
+    served = Served(tmp_path / "space", journal=str(tmp_path / "bucket"))
+    try:
+        served.start()
+        client = Client(served.url, verbose=False)
+        Image.fromarray(generate_sample(31).image).save(image := tmp_path / "a.png")
+        _, sample_id, revision, _ = client.predict(handle_file(str(image)), "bundled", 0.5, 0, api_name="/send_to_review")
+        value = {"image": handle_file(str(image)), "boxes": [{"xmin": 2, "ymin": 2, "xmax": 40, "ymax": 40,
+                                                               "label": "circle"}]}
+        client.predict(sample_id, revision, value, "ana", 0.5, api_name="/save_review")
+        client.predict(sample_id, revision + 1, value | {"boxes": []}, "ana", 0.5, api_name="/save_review")
+        client.predict(sample_id, revision + 2, "ana", 0.5, api_name="/undo_review")
+        before = stored(served)
+        assert len(before) == 1
+        served.kill()
+        served.stop_database()
+        shutil.rmtree(served.data_dir)
+        shutil.rmtree(served.db_dir)
+        served.db_dir.mkdir()
+        served.start_database()
+        served.start()
+        assert stored(served) == before  # revisions, history, truth: as acknowledged before the restart
+    finally:
+        served.close()
