@@ -64,11 +64,12 @@ class CachedShapes(torch.utils.data.Dataset):
         return self.items[index]
 
 
-def write_preprocessor_config(directory: Path) -> None:
+def write_preprocessor_config(directory: Path, shortest_edge: int = INFERENCE_SHORTEST_EDGE) -> None:
+    longest = round(shortest_edge * INFERENCE_LONGEST_EDGE / INFERENCE_SHORTEST_EDGE)
     (directory / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "ConditionalDetrImageProcessor", "do_resize": True, "do_normalize": True,
         "image_mean": list(DEFAULT_IMAGE_MEAN), "image_std": list(DEFAULT_IMAGE_STD),
-        "size": {"shortest_edge": INFERENCE_SHORTEST_EDGE, "longest_edge": INFERENCE_LONGEST_EDGE},
+        "size": {"shortest_edge": shortest_edge, "longest_edge": longest},
     }, indent=1))
 
 
@@ -83,6 +84,13 @@ class Recipe:
     work: Path = field(default=Path("data/train_default"), metadata={"help": "checkpoints, resumable"})
     seed: int = 0
     threads: int | None = None
+    init: Path | None = field(default=None, metadata={"help": "start from this model's weights (e.g. assets/bundled) "
+                                                              "instead of random ones"})
+    shortest_edge: int = SHORTEST_EDGE  # training resolution (jittered 0.75x to 1.125x)
+    longest_edge: int = LONGEST_EDGE
+    inference_edge: int = INFERENCE_SHORTEST_EDGE  # written to preprocessor_config.json (longest scaled alike)
+    lr: float = 2e-4
+    warmup: int = 200
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,15 +103,19 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = ShapesSpec()
     torch.manual_seed(args.seed)
-    model = ConditionalDetrForObjectDetection(bundled_config(spec.labels))
+    if args.init is not None:
+        model = ConditionalDetrForObjectDetection.from_pretrained(args.init)
+        model.config.auxiliary_loss = True
+    else:
+        model = ConditionalDetrForObjectDetection(bundled_config(spec.labels))
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", flush=True)
     started = time.time()
     dataset = CachedShapes(args.images, TRAIN_FIRST_SEED, spec)
     print(f"generated {len(dataset)} training images in {time.time() - started:.0f} s", flush=True)
     config = TrainConfig(
-        epochs=10_000, max_steps=args.steps, batch_size=args.batch_size, lr=2e-4, lr_backbone=2e-4,
-        weight_decay=1e-4, grad_clip=0.1, schedule="cosine", warmup_steps=200, freeze_stem=False,
-        shortest_edge=SHORTEST_EDGE, longest_edge=LONGEST_EDGE, scale_jitter=(0.75, 0.875, 1.0, 1.125), hflip=0.5,
+        epochs=10_000, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_backbone=args.lr,
+        weight_decay=1e-4, grad_clip=0.1, schedule="cosine", warmup_steps=args.warmup, freeze_stem=False,
+        shortest_edge=args.shortest_edge, longest_edge=args.longest_edge, scale_jitter=(0.75, 0.875, 1.0, 1.125), hflip=0.5,
         one_to_many=5, one_to_many_layers=2, seed=args.seed, log_every=50, checkpoint_dir=str(args.work),
         checkpoint_every=500,
     )
@@ -119,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    write_preprocessor_config(tmp)
+    write_preprocessor_config(tmp, args.inference_edge)
     (tmp / "training.json").write_text(json.dumps({
-        "recipe": "python -m training.train_default", "steps": result.step, "seed": args.seed,
+        "recipe": "python -m training.train_default", "init": str(args.init) if args.init else None,
+        "train_edges": [args.shortest_edge, args.longest_edge], "lr": args.lr,
+        "steps": result.step, "seed": args.seed,
         "images": args.images, "batch_size": args.batch_size, "minutes": round((time.time() - started) / 60, 1),
         "last_losses": result.last_losses,
     }, indent=1))
