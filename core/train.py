@@ -199,6 +199,7 @@ def train(
     preprocess_config: PreprocessConfig | None = None,
     labels: list[str] | None = None,
     branch: nn.Module | None = None,
+    distill: nn.Module | None = None,
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
     epoch_end: Callable[[int], bool] | None = None,
@@ -209,6 +210,7 @@ def train(
     """Train ``model`` (a transformers DETR or Conditional DETR) in place. See the module docstring.
 
     ``branch`` (from `core.hybrid.build_branch`) trains beside the model and is checkpointed with it.
+    ``distill`` (`core.distill.QueryDistillation`, frozen) adds ``loss_distill`` from the base model.
 
     ``epoch_end(epoch)`` runs after each complete epoch (e.g. validation); returning True stops
     training there with status ``"stopped_early"``. With ``budget_s`` (e.g. a ZeroGPU call's
@@ -298,6 +300,10 @@ def train(
             if branch is not None:
                 losses.update(branch.loss(extra[0], targets, criterion))
                 losses["loss"] = losses["loss"] + losses["loss_hybrid"]
+            if distill is not None:
+                with accelerator.autocast():
+                    losses.update(distill(pixel_values, batch.pixel_mask, logits[-1], boxes[-1], targets))
+                losses["loss"] = losses["loss"] + losses["loss_distill"]
             loss = losses["loss"]
             finite = torch.isfinite(loss.detach()).float()
             if accelerator.num_processes > 1:

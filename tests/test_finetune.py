@@ -220,3 +220,13 @@ def test_hybrid_settings_that_cannot_work_are_refused_before_anything_is_written
         finetune(review_store.dataset, "bundled", settings(**setting), work_dir=tmp_path / "job",
                  out_dir=tmp_path / "model")
     assert (tmp_path / "job" / "keep.txt").is_file()
+
+
+def test_a_fine_tune_with_distillation_and_copy_paste_runs_to_a_version(review_store, tmp_path):
+    """The mechanics of the two techniques against forgetting through the job (what they are worth
+    is the star check's table in docs/fine-tuning.md)."""
+    _reviewed_store(review_store, 10)
+    config = settings(epochs=2, batch_size=4, distill=1.0, copy_paste=0.5, trainable="decoder", lr=5e-4)
+    result = finetune(review_store.dataset, "bundled", config, out_dir=tmp_path / "model")
+    assert result.status in ("finished", "stopped_early") and (tmp_path / "model" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "model" / "version.json").read_text())["settings"]["distill"] == 1.0

@@ -33,6 +33,7 @@ class FinetuneConfig:
     hybrid: HybridConfig = field(default_factory=HybridConfig)
     patience: int = 40  # epochs without a better validation AP before stopping
     val_fraction: float = 0.2
+    distill: float = 0.0  # weight of query-index distillation from the frozen base model (core.distill); 0: off
 
 
 # Learning rates that worked for each choice of what trains (star check, docs/fine-tuning.md); the Train tab

@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core.boxes import box_xyxy_to_cxcywhn
+from core.distill import QueryDistillation
 from core.evaluate import Metrics, evaluate_images
 from core.flags import from_dict
 from core.heads import extend_head
@@ -195,6 +196,11 @@ def run_chunk(
     train_set, val_set = _samples(job["train"]), _samples(job["val"])
     branch = build_branch(model, len(labels), config.hybrid, config.train.trainable, config.train.one_to_many,
                           seed=config.train.seed)
+    distill = None
+    if config.distill > 0:  # the teacher is the base model as loaded, before any training
+        base_labels = job.get("base_labels", labels)
+        teacher = load_detector_or_bundled(job["base_dir"]).model
+        distill = QueryDistillation(teacher, len(base_labels), weight=config.distill).to(detector.device)
     train_config = replace(config.train, shortest_edge=size, longest_edge=job["longest"],
                            checkpoint_dir=str(work_dir / CHECKPOINTS), resume=True)
 
@@ -216,7 +222,7 @@ def run_chunk(
     reserve_s = job.get("validation_s", 0.0) + job.get("checkpoint_s", CHECKPOINT_GUESS_S)
     result = train(model, ReviewedDataset(train_set, labels), train_config, detector.preprocess, labels, branch=branch,
                    progress=progress, cancel=cancel, epoch_end=validate, budget_s=left_s, reserve_s=reserve_s,
-                   clock=clock)
+                   clock=clock, distill=distill)
     if result.checkpoint_s:
         job["checkpoint_s"] = round(max(job.get("checkpoint_s", 0.0), result.checkpoint_s), 3)
     model.eval()

@@ -1,0 +1,56 @@
+"""Query-index distillation (`core.distill`): the targets are the frozen base model's own outputs,
+training the student never changes the teacher, and a query on a reviewed box of a new class is
+left out."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from core.distill import QueryDistillation
+from core.heads import extend_head
+from core.train import TrainConfig, train
+from datasets.shapes import ShapesDataset
+
+
+def settings(**overrides) -> TrainConfig:
+    return TrainConfig(**{**dict(epochs=1000, max_steps=4, batch_size=2, lr=1e-3, lr_backbone=1e-3, freeze_stem=False,
+                                 shortest_edge=96, longest_edge=128, log_every=1, seed=0), **overrides})
+
+
+@pytest.mark.parametrize("kind", ["detr", "conditional_detr"])
+def test_targets_are_the_frozen_base_models_and_training_leaves_it_unchanged(kind):
+    base = tiny_model(kind, seed=3)
+    distill = QueryDistillation(base, num_old=3, min_score=0.0)
+    pixels, mask = torch.randn(2, 3, 64, 96), torch.ones(2, 64, 96, dtype=torch.long)
+    probs, boxes, kept = distill.targets(pixels, mask, [{"class_labels": torch.zeros(0, dtype=torch.long),
+                                                         "boxes": torch.zeros(0, 4)}] * 2)
+    base.eval()
+    with torch.no_grad():
+        own = base(pixel_values=pixels, pixel_mask=mask)
+    expected = own.logits.softmax(-1) if kind == "detr" else own.logits.sigmoid()
+    assert torch.allclose(probs, expected, atol=1e-6) and torch.allclose(boxes, own.pred_boxes, atol=1e-6)
+    assert kept.all()
+
+    student = tiny_model(kind, seed=3)
+    extend_head(student, ["circle", "square", "triangle", "star"])  # the new class, as a fine-tune does
+    snapshot = {k: v.clone() for k, v in distill.teacher.state_dict().items()}
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    result = train(student, ShapesDataset(4, first_seed=40), settings(), distill=distill)
+    assert result.status == "finished" and "loss_distill" in result.last_losses
+    assert all(torch.equal(v, snapshot[k]) for k, v in distill.teacher.state_dict().items())  # never trained
+    assert not any(p.requires_grad for p in distill.teacher.parameters()) and not distill.teacher.training
+    assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())  # the student did
+
+
+def test_a_query_on_a_reviewed_box_of_a_new_class_is_left_out():
+    from core.distill import on_new_class
+
+    teacher_boxes = torch.tensor([[0.2, 0.2, 0.1, 0.1],   # on the star below (IoU ~0.68)
+                                  [0.5, 0.5, 0.1, 0.1],  # on the circle: kept
+                                  [0.7, 0.7, 0.2, 0.2]])  # on nothing: kept
+    target = {"class_labels": torch.tensor([3, 0]), "boxes": torch.tensor([[0.22, 0.21, 0.1, 0.1], [0.5, 0.5, 0.1, 0.1]])}
+    assert on_new_class(teacher_boxes, target, num_old=3).tolist() == [True, False, False]
+    target = {"class_labels": torch.tensor([0]), "boxes": torch.tensor([[0.2, 0.2, 0.1, 0.1]])}
+    assert on_new_class(teacher_boxes, target, num_old=3).tolist() == [False, False, False]  # old classes only
