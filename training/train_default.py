@@ -91,6 +91,9 @@ class Recipe:
     inference_edge: int = INFERENCE_SHORTEST_EDGE  # written to preprocessor_config.json (longest scaled alike)
     lr: float = 2e-4
     warmup: int = 200
+    minutes: float | None = field(default=None, metadata={"help": "stop after about this long with a checkpoint "
+                                                                 "in --work (run again to continue); the model is "
+                                                                 "written only when all steps are done"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +128,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"step {p.step}/{p.total_steps} {parts} lr={p.lr:.2e} {p.images_per_s:.1f} img/s "
               f"eta {p.eta_s / 60:.0f} min", flush=True)
 
-    result = train(model, dataset, config, labels=spec.labels, progress=report)
+    result = train(model, dataset, config, labels=spec.labels, progress=report,
+                   budget_s=args.minutes * 60 if args.minutes else None)
+    ledger = Path(args.work) / "wall_seconds.json"  # every run's time on this work folder, across sessions
+    runs = json.loads(ledger.read_text()) if ledger.is_file() else []
+    runs.append({"until_step": result.step, "seconds": round(time.time() - started, 1), "date": time.strftime("%Y-%m-%d"),
+                 "threads": torch.get_num_threads()})
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    ledger.write_text(json.dumps(runs, indent=1))
+    if result.status == "paused":
+        print(f"paused at step {result.step} of {args.steps}; checkpoint in {args.work}; run the same command "
+              "again to continue", flush=True)
+        return 0
     model.config.auxiliary_loss = False
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
@@ -137,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_edges": [args.shortest_edge, args.longest_edge], "lr": args.lr,
         "steps": result.step, "seed": args.seed,
         "images": args.images, "batch_size": args.batch_size, "minutes": round((time.time() - started) / 60, 1),
+        "minutes_all_runs": round(sum(run["seconds"] for run in runs) / 60, 1),
         "last_losses": result.last_losses,
     }, indent=1))
     shutil.rmtree(args.out, ignore_errors=True)
