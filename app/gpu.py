@@ -171,7 +171,10 @@ class Gpu:
                     delay = RETRY_DELAY_S * 2 ** attempt
                     notify(f"A GPU chunk failed ({error}); trying again in {delay:.0f} s "
                            f"(attempt {attempt + 2} of {CHUNK_RETRIES + 1}).")
-                    time.sleep(delay)
+                    if cancel is not None and cancel.wait(delay):  # Cancel is heard during the wait too
+                        return "cancelled"
+                    if cancel is None:
+                        time.sleep(delay)
                     continue
                 job = json.loads(job_file.read_text())
                 # What the call took beyond the chunk's own work (fork, CUDA, moving weights): kept free next time.
