@@ -19,7 +19,6 @@ the calling user's context (their quota is charged), each retried with back-off 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -176,7 +175,7 @@ class Gpu:
                     if cancel is None:
                         time.sleep(delay)
                     continue
-                job = json.loads(job_file.read_text())
+                job = read_job(Path(work_dir))
                 # What the call took beyond the chunk's own work (fork, CUDA, moving weights): kept free next time.
                 job["startup_s"] = round(max(time.monotonic() - started - inside_s, 0.0), 3)
                 write_json(job_file, job)
