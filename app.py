@@ -31,15 +31,14 @@ def main() -> None:
     from app.train import continue_unfinished
     from app.ui import build_app, launch
 
+    state = AppState(config, data_dir)
     if config.journal_repo:  # the journal lives in a private Hub dataset repo: fetch it, then keep uploading
         from datasets.journal import download_from_hub, upload_to_hub
 
-        folder = config.journal or data_dir / "journal"
-        found = download_from_hub(config.journal_repo, folder)
+        found = download_from_hub(config.journal_repo, state.journal.root)
         print(f"Journal: {config.journal_repo} ({'fetched' if found else 'new'}), uploaded every "
               f"{config.journal_every_min:g} min", flush=True)
-        upload_to_hub(config.journal_repo, folder, config.journal_every_min)
-    state = AppState(config, data_dir)
+        upload_to_hub(config.journal_repo, state.journal.root, config.journal_every_min)
     if (restored := state.restore_from_journal()) is not None:
         print(f"Journal {state.journal.root}: restored {restored['samples']} samples, {restored['media']} images and "
               f"{restored['versions']} model versions", flush=True)
