@@ -233,6 +233,10 @@ def atss_loss(logits: torch.Tensor, deltas: torch.Tensor, centerness: torch.Tens
     focal = sigmoid_focal_loss(logits, class_targets, focal_alpha, focal_gamma)
     if valid is not None:
         focal = focal * valid[..., None].to(focal.dtype)
+    if any(t.get("known_classes") is not None for t in targets):  # a replay image: other classes not labelled
+        from core.losses import known_classes
+
+        focal = focal * known_classes(targets, logits.shape[-1], logits.device)[:, None, :].to(focal.dtype)
     return {
         "loss_atss_cls": focal.sum() / normalizer,
         # as ATSS: the GIoU loss is averaged with the centerness targets as weights

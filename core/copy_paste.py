@@ -5,7 +5,8 @@ scenes it was never reviewed in).
 
 Rules, each tested: a pasted box is exactly the pasted rectangle (tight, inside the image, at
 least 2 px a side); it never overlaps a box already in the image (an existing object is never
-hidden, even in part) nor another pasted one; the source image is not changed.
+hidden, even in part) nor another pasted one; the source image is not changed; an image labelled
+only for some classes (``known_classes``: a replay image) receives only objects of those classes.
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ def copy_paste(images: list[np.ndarray], targets: list[dict], rng: np.random.Gen
         labels = target["class_labels"].tolist()
         added_boxes, added_labels = [], []
         count = int(rng.integers(1, max_objects + 1))
+        known = target.get("known_classes")  # a replay image: only objects of the classes it is labelled for
         for k in rng.permutation(len(pixel_boxes[j]))[:count]:
+            if known is not None and not bool(known[int(targets[j]["class_labels"][k])]):
+                continue
             x0, y0, x1, y1 = pixel_boxes[j][k]
             source_h, source_w = images[j].shape[:2]
             x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, source_w), min(y1, source_h)

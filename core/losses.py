@@ -4,7 +4,10 @@ layer scheme) that speeds up convergence.
 
 Targets follow the transformers contract: per image ``{"class_labels": LongTensor[T],
 "boxes": FloatTensor[T, 4]}`` with boxes normalized cxcywh. `validate_targets` rejects broken
-targets with a message before they reach the loss.
+targets with a message before they reach the loss. A target may also carry ``"known_classes":
+BoolTensor[C]``, the classes it is labelled for (a pseudo-labelled replay image knows only the base
+model's classes): the class loss of that image ignores the other classes, so an unlabelled object of
+a new class there is not taught as background.
 """
 
 from __future__ import annotations
@@ -46,6 +49,13 @@ def validate_targets(targets: list[dict[str, torch.Tensor]], num_classes: int, w
             problems.append("a centre outside the image (boxes must be normalized cxcywh)")
         if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
             problems.append(f"class ids outside 0..{num_classes - 1}")
+        known = target.get("known_classes")
+        if known is not None:
+            if known.dtype != torch.bool or tuple(known.shape) != (num_classes,):
+                problems.append(f"'known_classes' must be a bool tensor of {num_classes}, got {known.dtype} "
+                                f"{tuple(known.shape)}")
+            elif labels.numel() and not problems and not known[labels].all():
+                problems.append("a box of a class the image is not labelled for ('known_classes')")
         if problems:
             bad = non_finite | empty | outside
             first = int(bad.nonzero()[0]) if bad.any() else 0
@@ -82,7 +92,17 @@ def _num_boxes(targets: list[dict[str, torch.Tensor]], device: torch.device) -> 
 
 
 def repeat_targets(targets: list[dict[str, torch.Tensor]], times: int) -> list[dict[str, torch.Tensor]]:
-    return [{"class_labels": t["class_labels"].repeat(times), "boxes": t["boxes"].repeat(times, 1)} for t in targets]
+    return [{**t, "class_labels": t["class_labels"].repeat(times), "boxes": t["boxes"].repeat(times, 1)}
+            for t in targets]
+
+
+def known_classes(targets: list[dict[str, torch.Tensor]], num_classes: int, device: torch.device
+                  ) -> torch.Tensor | None:
+    """``[B, C]`` bool: the classes each image is labelled for; None when every image knows them all."""
+    if all(t.get("known_classes") is None for t in targets):
+        return None
+    every = torch.ones(num_classes, dtype=torch.bool, device=device)
+    return torch.stack([every if t.get("known_classes") is None else t["known_classes"].to(device) for t in targets])
 
 
 class SetCriterion(nn.Module):
@@ -135,10 +155,17 @@ class SetCriterion(nn.Module):
         target_classes = torch.full((batch, queries), self.num_classes, dtype=torch.int64, device=logits.device)
         for b, (rows, cols) in enumerate(matches):
             target_classes[b, rows.to(logits.device)] = targets[b]["class_labels"][cols.to(logits.device)]
+        known = known_classes(targets, self.num_classes, logits.device)
         if self.no_object:
+            if known is not None:  # unknown classes leave the softmax of that image (no-object stays)
+                keep = torch.cat([known, known.new_ones(batch, 1)], 1)[:, None, :]
+                logits = logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
             return F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(logits.dtype))
         onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
-        return sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma).sum() / num_boxes
+        loss = sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma)
+        if known is not None:
+            loss = loss * known[:, None, :].to(loss.dtype)
+        return loss.sum() / num_boxes
 
     def _box_losses(self, boxes: torch.Tensor, targets: list[dict], matches: Matches,
                     num_boxes: float) -> tuple[torch.Tensor, torch.Tensor]:

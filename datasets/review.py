@@ -101,6 +101,22 @@ def reviewed_samples(view) -> list[ReviewedSample]:
     return samples
 
 
+def unreviewed_samples(view, limit: int, seed: int = 0) -> list[ReviewedSample]:
+    """Up to ``limit`` samples of ``view`` *not* tagged ``reviewed`` (a fine-tune's replay images),
+    drawn with FiftyOne's seeded ``take`` (the same ones for the same dataset and seed), with empty
+    truth: the fine-tune labels them with its base model."""
+    if limit <= 0:
+        return []
+    samples = []
+    empty = sv.Detections(xyxy=np.zeros((0, 4), np.float32), data={"class_name": np.array([], dtype=object)})
+    for sample in view.match_tags(REVIEWED_TAG, bool=False).take(limit, seed=seed).select_fields(["metadata"]):
+        if sample.metadata is None or not sample.metadata.width:
+            sample.compute_metadata()
+        samples.append(ReviewedSample(str(sample.id), sample.filepath, sample.metadata.width, sample.metadata.height,
+                                      empty))
+    return samples
+
+
 @dataclass
 class Reviewable:
     """One sample as the review editor needs it."""

@@ -34,6 +34,11 @@ class FinetuneConfig:
     patience: int = 40  # epochs without a better validation AP before stopping
     val_fraction: float = 0.2
     distill: float = 0.0  # weight of query-index distillation from the frozen base model (core.distill); 0: off
+    # Replay: up to this many samples of the same dataset that are *not* reviewed join training, labelled by the
+    # base model (its classes, score >= replay_score); their loss ignores the classes the base model lacks
+    # (an unlabelled star there is not taught as background). Never validation samples. 0: off.
+    replay: int = 0
+    replay_score: float = 0.5
 
 
 # Learning rates that worked for each choice of what trains (star check, docs/fine-tuning.md); the Train tab

@@ -64,6 +64,9 @@ class Experiment:
     trainable: str = field(default="transformer",
                            metadata={"help": "core.train's trainable (transformer: backbone frozen)"})
     shortest_edge: int = field(default=128, metadata={"help": "training and evaluation resolution"})
+    cpu_minutes: float | None = field(default=None, metadata={
+        "help": "stop a run at the end of the first epoch after this much CPU time spent training (evaluation not "
+                "counted); --epochs is then an upper bound. Gives every arm the same CPU budget"})
     threads: int = field(default=1, metadata={"help": "torch threads per run"})
     parallel: int = field(default=2, metadata={"help": "runs at a time"})
     out: Path = Path("data/converge")
@@ -117,24 +120,27 @@ def run_one(kind: str, arm: str, seed: int, args: Experiment) -> dict:
     hybrid = HybridConfig(co_detr_strides=STRIDES, anchor_scale=ANCHOR_SCALE, **ARMS[arm])
     branch = build_branch(model, len(spec.labels), hybrid, config.trainable, seed=seed)
     detector = Detector(model, spec.labels, family_of(model), f"{kind}-{arm}", Path("."), preprocess)
-    curve, evaluating = [], 0.0
+    curve, cpu_s, evaluating, evaluating_cpu = [], [], 0.0, 0.0
 
     def epoch_end(epoch: int) -> bool:
-        nonlocal evaluating
-        started = time.perf_counter()
+        nonlocal evaluating, evaluating_cpu
+        started, started_cpu = time.perf_counter(), time.process_time()
+        cpu_s.append(round(started_cpu - training_cpu_start - evaluating_cpu, 2))  # training CPU so far
         curve.append(round(evaluate_model(detector, args.out / "val", shortest_edge=args.shortest_edge).AP, 4))
         evaluating += time.perf_counter() - started
-        print(f"{kind} {arm} seed {seed} epoch {epoch + 1}: AP {curve[-1]:.3f}", flush=True)
-        return False
+        evaluating_cpu += time.process_time() - started_cpu
+        print(f"{kind} {arm} seed {seed} epoch {epoch + 1}: AP {curve[-1]:.3f} after {cpu_s[-1]:.0f} CPU s", flush=True)
+        return args.cpu_minutes is not None and cpu_s[-1] >= args.cpu_minutes * 60
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
+    started, training_cpu_start = time.perf_counter(), time.process_time()
     result = train(model, dataset, config, preprocess, spec.labels, branch=branch, epoch_end=epoch_end)
     training_s = time.perf_counter() - started - evaluating
     peak = (torch.cuda.max_memory_allocated() if cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"model": kind, "arm": arm, "seed": seed, "ap": curve, "steps_per_epoch": steps_per_epoch,
+    return {"model": kind, "arm": arm, "seed": seed, "init": args.init, "ap": curve, "cpu_s": cpu_s,
+            "steps_per_epoch": steps_per_epoch,
             "steps": result.step, "ms_per_step": round(1000 * training_s / max(result.step, 1), 1),
             "peak_mb": round(peak / 2**20), "memory": "cuda allocated" if cuda else "max RSS",
             "device": torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads"}
@@ -148,6 +154,21 @@ def steps_to_reach(curve: list[float], target: float, steps_per_epoch: int) -> i
     return None
 
 
+def ap_at_cpu(run: dict, seconds: float) -> float | None:
+    """The AP of ``run``'s last evaluation made within ``seconds`` of training CPU time; None if none was."""
+    reached = [ap for ap, cpu in zip(run["ap"], run.get("cpu_s", [])) if cpu <= seconds + 1e-9]
+    return reached[-1] if reached else None
+
+
+def cpu_marks(runs: list[dict], count: int = 6) -> list[float]:
+    """``count`` CPU times (s), evenly from the latest first evaluation to the shortest run's total, so
+    every run has a value at each."""
+    start, end = max(run["cpu_s"][0] for run in runs), min(run["cpu_s"][-1] for run in runs)
+    if count < 2 or start >= end:
+        return [end]
+    return [start + (end - start) * i / (count - 1) for i in range(count)]
+
+
 def table(runs: list[dict]) -> str:
     lines = []
     for kind in MODELS:
@@ -155,7 +176,11 @@ def table(runs: list[dict]) -> str:
         if not mine:
             continue
         arms = [a for a in ARMS if any(r["arm"] == a for r in mine)]
-        mean = {a: np.mean([r["ap"] for r in mine if r["arm"] == a], axis=0).tolist() for a in arms}
+        mean = {}
+        for arm in arms:
+            curves = [r["ap"] for r in mine if r["arm"] == arm]
+            epochs = min(len(c) for c in curves)  # a CPU budget may stop seeds at different epochs
+            mean[arm] = np.mean([c[:epochs] for c in curves], axis=0).tolist()
         steps_per_epoch = mine[0]["steps_per_epoch"]
         target = mean["baseline"][-1] if "baseline" in mean else None
         lines += [f"\n{kind} ({mine[0]['device']}; {steps_per_epoch} steps per epoch)\n",
@@ -171,7 +196,41 @@ def table(runs: list[dict]) -> str:
                 f"| {arm} | {curve} | {finals} "
                 f"| {reach if reach is not None else f'not in {total}'} "
                 f"| {np.mean([r['ms_per_step'] for r in own]):.0f} | {max(r['peak_mb'] for r in own)} |")
+        if all(r.get("cpu_s") for r in mine):
+            lines += cpu_table(mine, arms)
     return "\n".join(lines)
+
+
+def cpu_table(runs: list[dict], arms: list[str]) -> list[str]:
+    """AP against training CPU time: mean of seeds (and their standard deviation) at equal CPU marks."""
+    marks = cpu_marks(runs)
+    lines = [f"\nAP against training CPU time (mean ± std of {len({r['seed'] for r in runs})} seeds; "
+             "last evaluation within each mark)\n",
+             "| arm | " + " | ".join(f"{m / 60:.1f} CPU-min" for m in marks) + " |",
+             "| --- |" + " --- |" * len(marks)]
+    best = {}
+    for arm in arms:
+        own = [r for r in runs if r["arm"] == arm]
+        cells = []
+        for mark in marks:
+            values = [ap_at_cpu(r, mark) for r in own]
+            if any(v is None for v in values):
+                cells.append("—")
+                continue
+            cells.append(f"{np.mean(values):.3f} ± {np.std(values):.3f}")
+            if mark == marks[-1]:
+                best[arm] = (float(np.mean(values)), float(np.std(values)))
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    if best:
+        winner = max(best, key=lambda a: best[a][0])
+        runner_up = max((a for a in best if a != winner), key=lambda a: best[a][0], default=None)
+        if runner_up is not None:
+            gap = best[winner][0] - best[runner_up][0]
+            spread = max(best[winner][1], best[runner_up][1])
+            verdict = "clear" if gap > 2 * spread else "within the seeds' spread"
+            lines.append(f"\nAt {marks[-1] / 60:.1f} CPU-min: {winner} leads {runner_up} by {gap:+.3f} AP "
+                         f"({verdict}; largest std {spread:.3f}).")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,8 @@ reached as the app reaches its store (``FIFTYONE_DATABASE_URI``, else the data d
 - split: a stable hash of each sample id picks the validation samples (`training.split`);
 - labels: the base model's, then class names reviewers typed; new classes extend the
   classification head (`core.heads`), existing rows keep their weights;
+- replay (``--replay N``, off by default): N samples of the dataset that are not reviewed join
+  training with the base model's confident predictions as their labels (its classes only);
 - training: the `core.train` loop (GPU with bf16 when present), flips and scale jitter, early
   stopping on validation AP (COCO, `core.evaluate`) with the best epoch kept; run as a job
   (`training.job`) that can pause and continue;
@@ -33,7 +35,7 @@ from core.hybrid import hybrid_setting_problem
 from core.loading import HubUnreachableError, ModelLoadError, resolve_model_dir
 from core.train import Progress, trainable_problem
 from datasets.labels import ReviewError
-from datasets.review import reviewed_samples
+from datasets.review import reviewed_samples, unreviewed_samples
 from training.config import FinetuneConfig
 from training.job import FORGETTING_LIMIT, SCORING_S, FinetuneError, FinetuneResult, GpuCall, continue_job, create_job, run_here
 from training.registry import Registry
@@ -75,9 +77,10 @@ def prepare(view, base: str, config: FinetuneConfig, work_dir: Path, registry: R
     except ModelLoadError as error:
         raise FinetuneError(str(error)) from None
     name = view.dataset_name if hasattr(view, "dataset_name") else view.name
+    replay = unreviewed_samples(view, config.replay, seed=config.train.seed)  # never reviewed, so never validation
     try:
         return on_gpu(create_job, samples, val_ids, base, base, name, config, str(work_dir), version_dir=version_dir,
-                      duration_s=SCORING_S)
+                      replay=replay, duration_s=SCORING_S)
     except ModelLoadError as error:
         raise FinetuneError(str(error)) from None
 

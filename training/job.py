@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from core.boxes import box_xyxy_to_cxcywhn
 from core.distill import QueryDistillation
 from core.evaluate import Metrics, evaluate_images
+from core.inference import predict
 from core.flags import from_dict
 from core.heads import extend_head
 from core.hybrid import build_branch
@@ -73,11 +74,14 @@ class FinetuneResult:
 
 
 class ReviewedDataset(torch.utils.data.Dataset):
-    """``(image, target)`` pairs in the transformers contract; images decoded on first use and kept."""
+    """``(image, target)`` pairs in the transformers contract; images decoded on first use and kept.
+    ``known``: the only classes these samples are labelled for (replay images: the base model's), as
+    each target's ``known_classes``; None: every class."""
 
-    def __init__(self, samples: list[ReviewedSample], labels: list[str]):
+    def __init__(self, samples: list[ReviewedSample], labels: list[str], known: list[str] | None = None):
         self.samples, self.labels = samples, labels
         self._images: dict[int, np.ndarray] = {}
+        self._known = None if known is None else torch.tensor([name in known for name in labels], dtype=torch.bool)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -89,7 +93,28 @@ class ReviewedDataset(torch.utils.data.Dataset):
         boxes = box_xyxy_to_cxcywhn(torch.from_numpy(np.asarray(sample.truth.xyxy, dtype=np.float32)), sample.width,
                                     sample.height)
         classes = torch.tensor([self.labels.index(name) for name in sample.truth.data["class_name"]], dtype=torch.long)
-        return self._images[index], {"class_labels": classes, "boxes": boxes.reshape(-1, 4)}
+        target = {"class_labels": classes, "boxes": boxes.reshape(-1, 4)}
+        if self._known is not None:
+            target["known_classes"] = self._known.clone()
+        return self._images[index], target
+
+
+def pseudo_labels(detector: Detector, samples: list[ReviewedSample], min_score: float, size: int,
+                  longest: int | None = None) -> list[ReviewedSample]:
+    """``samples`` with the detector's predictions of score >= ``min_score`` as their truth (clipped
+    to the image; boxes under 1 px dropped): a fine-tune's replay images."""
+    labelled = []
+    for start in range(0, len(samples), 8):
+        chunk = samples[start:start + 8]
+        outputs = predict(detector, [s.filepath for s in chunk], shortest_edge=size, longest_edge=longest)
+        for sample, output in zip(chunk, outputs):
+            found = output.to_detections(min_score)
+            xyxy = np.clip(np.asarray(found.xyxy, dtype=np.float32).reshape(-1, 4), 0,
+                           [sample.width, sample.height, sample.width, sample.height])
+            keep = ((xyxy[:, 2] - xyxy[:, 0]) >= 1) & ((xyxy[:, 3] - xyxy[:, 1]) >= 1)
+            names = np.asarray(found.data.get("class_name", np.array([], dtype=object)), dtype=object)[keep]
+            labelled.append(replace(sample, truth=sv.Detections(xyxy=xyxy[keep], data={"class_name": names})))
+    return labelled
 
 
 def write_json(path: Path, document: dict) -> None:
@@ -125,10 +150,14 @@ def job_config(job: dict) -> FinetuneConfig:
 
 
 def create_job(samples: list[ReviewedSample], val_ids: set[str], base: Detector | str, base_name: str, dataset: str,
-               config: FinetuneConfig, work_dir: Path, version_dir: VersionDir | None = None) -> dict:
+               config: FinetuneConfig, work_dir: Path, version_dir: VersionDir | None = None,
+               replay: list[ReviewedSample] = ()) -> dict:
     """Start a job in ``work_dir`` (emptied first) from ``samples`` split by ``val_ids``: score the
     ``base`` model (a loaded detector, or a name loaded here with ``version_dir``) on the validation
-    part and write ``job.json``. Reads and writes only files: on ZeroGPU it runs in the GPU worker."""
+    part, label the ``replay`` samples (unreviewed, never validation) with it, and write
+    ``job.json``. Reads and writes only files: on ZeroGPU it runs in the GPU worker."""
+    if overlap := {s.sample_id for s in replay} & {s.sample_id for s in samples}:
+        raise FinetuneError(f"replay samples must not be reviewed samples; {len(overlap)} are both.")
     if not isinstance(base, Detector):
         base = load_detector_or_bundled(base, version_dir=version_dir)
     train_set = [s for s in samples if s.sample_id not in val_ids]
@@ -139,6 +168,8 @@ def create_job(samples: list[ReviewedSample], val_ids: set[str], base: Detector 
     base.model.eval()
     started = time.perf_counter()
     before = _evaluate(base, val_set, labels, size)
+    validation_s = time.perf_counter() - started
+    replay = pseudo_labels(base, list(replay), config.replay_score, size, longest)
     work_dir = Path(work_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
@@ -149,8 +180,9 @@ def create_job(samples: list[ReviewedSample], val_ids: set[str], base: Detector 
         "config": asdict(config), "before": asdict(before), "history": [], "best": {"ap": -1.0, "epoch": -1},
         "status": "prepared", "steps": 0, "seconds": 0.0,
         # seconds one validation takes (the longest seen): kept free at the end of a time-budgeted chunk
-        "validation_s": round(time.perf_counter() - started, 3),
+        "validation_s": round(validation_s, 3),
         "train": [_record(s) for s in train_set], "val": [_record(s) for s in val_set],
+        "replay": [_record(s) for s in replay],  # labelled by the base model, for its own classes only
     }
     write_json(work_dir / JOB_FILE, job)
     return job
@@ -220,7 +252,11 @@ def run_chunk(
 
     left_s = None if budget_s is None else max(budget_s - (clock() - chunk_start), 0.0)
     reserve_s = job.get("validation_s", 0.0) + job.get("checkpoint_s", CHECKPOINT_GUESS_S)
-    result = train(model, ReviewedDataset(train_set, labels), train_config, detector.preprocess, labels, branch=branch,
+    dataset = ReviewedDataset(train_set, labels)
+    if job.get("replay"):
+        replayed = ReviewedDataset(_samples(job["replay"]), labels, known=job.get("base_labels", labels))
+        dataset = torch.utils.data.ConcatDataset([dataset, replayed])
+    result = train(model, dataset, train_config, detector.preprocess, labels, branch=branch,
                    progress=progress, cancel=cancel, epoch_end=validate, budget_s=left_s, reserve_s=reserve_s,
                    clock=clock, distill=distill)
     if result.checkpoint_s:
@@ -298,6 +334,7 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
         "forgetting": {"limit": FORGETTING_LIMIT, "classes": outcome.forgotten},
         "split": {"rule": RULE, "val_fraction": config.val_fraction},
         "train_ids": outcome.train_ids, "val_ids": outcome.val_ids,
+        "replay_ids": [r["sample_id"] for r in job.get("replay", [])],
     }
 
     def write(directory: Path) -> None:
