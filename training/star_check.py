@@ -1,11 +1,13 @@
 """End-to-end check that fine-tuning on reviewed data teaches the bundled model a new class.
 
     python -m training.star_check [--reviewed 60] [--held-out 100] [--work data/star_check]
-                                  [--review-seed 2000000] [--held-out-seed 3000000]
+                                  [--review-seed 2000000] [--held-out-seed 3000000] [--unreviewed 0]
 
 1. Generates ``--reviewed`` shapes images in which ``star`` appears (seeds from 2,000,000, used
    nowhere else), adds them to a FiftyOne review dataset through the review store with the
-   bundled model's predictions, and saves the generator's boxes as each sample's reviewed truth.
+   bundled model's predictions, and saves the generator's boxes as each sample's reviewed truth;
+   ``--unreviewed`` more star-domain images (seeds from the review seed + 500,000) are added with
+   predictions only, as a real dataset has them (what ``--replay`` draws from).
 2. Fine-tunes the bundled model once on that dataset (`training.finetune`, default settings
    unless flags say otherwise), writing the new model to ``WORK/model``.
 3. Scores the bundled model and the new one on ``--held-out`` freshly generated images (seeds
@@ -39,10 +41,18 @@ from training.job import FinetuneResult
 REVIEW_FIRST_SEED, HELD_OUT_FIRST_SEED = 2_000_000, 3_000_000
 
 
-def build_review_dataset(store, count: int, first_seed: int = REVIEW_FIRST_SEED) -> list[str]:
-    """Add ``count`` star-domain images with the bundled model's predictions and save their truth."""
+UNREVIEWED_OFFSET = 500_000
+
+
+def build_review_dataset(store, count: int, first_seed: int = REVIEW_FIRST_SEED, unreviewed: int = 0) -> list[str]:
+    """Add ``count`` star-domain images with the bundled model's predictions and save their truth;
+    then ``unreviewed`` more with predictions only. Returns the reviewed ids."""
     spec = ShapesSpec(with_star=True)
     detector = load_detector("bundled")
+    for seed in range(first_seed + UNREVIEWED_OFFSET, first_seed + UNREVIEWED_OFFSET + unreviewed):
+        image = generate_sample(seed, spec).image
+        predictions = predict(detector, [image])[0].to_detections(0.05)
+        store.add_image(image, predictions, model_version="bundled", labels=detector.labels)
     ids = []
     for seed in range(first_seed, first_seed + count):
         sample = generate_sample(seed, spec)
@@ -56,7 +66,7 @@ def build_review_dataset(store, count: int, first_seed: int = REVIEW_FIRST_SEED)
 
 
 def run(reviewed: int, held_out: int, work: Path, config: FinetuneConfig, dataset_name: str | None = None,
-        review_seed: int = REVIEW_FIRST_SEED, held_out_seed: int = HELD_OUT_FIRST_SEED
+        review_seed: int = REVIEW_FIRST_SEED, held_out_seed: int = HELD_OUT_FIRST_SEED, unreviewed: int = 0
         ) -> tuple[FinetuneResult, Metrics, Metrics]:
     """Steps 1-3; returns the fine-tune result and the held-out metrics before and after."""
     from datasets.review import ReviewStore
@@ -65,7 +75,7 @@ def run(reviewed: int, held_out: int, work: Path, config: FinetuneConfig, datase
     shutil.rmtree(work / "model", ignore_errors=True)
     store = ReviewStore.open(dataset_name or f"star-check-{uuid.uuid4().hex[:8]}", work / "data")
     try:
-        build_review_dataset(store, reviewed, review_seed)
+        build_review_dataset(store, reviewed, review_seed, unreviewed)
         result = finetune(store.dataset, "bundled", config, out_dir=work / "model")
     finally:
         if dataset_name is None:
@@ -87,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                         "images (another seed set: fresh data nobody chose settings on)")
     parser.add_argument("--held-out-seed", type=int, default=HELD_OUT_FIRST_SEED, help="first seed of the held-out "
                         "images")
+    parser.add_argument("--unreviewed", type=int, default=0, help="star-domain images added without review "
+                        "(predictions only), for --replay")
     parser.add_argument("--data-dir", type=Path, default=None, help="where FiftyOne's database lives "
                         "(default: WORK/data); FIFTYONE_DATABASE_URI overrides")
     add_flags(parser, FinetuneConfig)
@@ -97,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     config = from_flags(FinetuneConfig, args)
     started = time.perf_counter()
     result, before, after = run(args.reviewed, args.held_out, args.work, config, review_seed=args.review_seed,
-                                held_out_seed=args.held_out_seed)
+                                held_out_seed=args.held_out_seed, unreviewed=args.unreviewed)
     minutes = (time.perf_counter() - started) / 60
     print(f"fine-tune: {result.status}, best epoch {result.best_epoch}, {result.seconds / 60:.1f} min "
           f"({len(result.train_ids)} train / {len(result.val_ids)} validation); whole check {minutes:.1f} min")
