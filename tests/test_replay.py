@@ -93,7 +93,6 @@ def test_replay_samples_are_unreviewed_labelled_by_the_base_model_and_never_vali
     from core.inference import predict
     from core.loading import load_detector
     from training.finetune import finetune, prepare
-    from training.job import read_job
 
     reviewed, unreviewed = _dataset_with_unreviewed(review_store, 10, 5)
     config = with_flags(FinetuneConfig(), replay=4, replay_score=0.5, epochs=1, batch_size=4)
