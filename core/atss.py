@@ -208,7 +208,7 @@ def atss_loss(logits: torch.Tensor, deltas: torch.Tensor, centerness: torch.Tens
     Computed in float32 whatever the autocast dtype of the inputs.
     """
     from core.boxes import paired_generalized_box_iou
-    from core.losses import sigmoid_focal_loss
+    from core.losses import known_classes, sigmoid_focal_loss
 
     logits, deltas, centerness = logits.float(), deltas.float(), centerness.float()
     class_targets = torch.zeros_like(logits)
@@ -233,10 +233,9 @@ def atss_loss(logits: torch.Tensor, deltas: torch.Tensor, centerness: torch.Tens
     focal = sigmoid_focal_loss(logits, class_targets, focal_alpha, focal_gamma)
     if valid is not None:
         focal = focal * valid[..., None].to(focal.dtype)
-    if any(t.get("known_classes") is not None for t in targets):  # a replay image: other classes not labelled
-        from core.losses import known_classes
-
-        focal = focal * known_classes(targets, logits.shape[-1], logits.device)[:, None, :].to(focal.dtype)
+    known = known_classes(targets, logits.shape[-1], logits.device)  # replay images: other classes not labelled
+    if known is not None:
+        focal = focal * known[:, None, :].to(focal.dtype)
     return {
         "loss_atss_cls": focal.sum() / normalizer,
         # as ATSS: the GIoU loss is averaged with the centerness targets as weights

@@ -218,8 +218,7 @@ class CoDetrBranch(nn.Module):
             height, width = sizes[b].to(target["boxes"])
             boxes = box_cxcywhn_to_xyxy(target["boxes"], width, height)
             image_assigned, _ = atss_assign(anchors, levels, boxes.float(), self.topk, valid=valid[b])
-            pixel_targets.append({"class_labels": target["class_labels"], "boxes_xyxy": boxes,
-                                  **({"known_classes": target["known_classes"]} if "known_classes" in target else {})})
+            pixel_targets.append({**target, "boxes_xyxy": boxes})  # class_labels (and known_classes) as given
             assigned.append(image_assigned)
         outputs = {"anchors": anchors, "valid": valid, "assigned": assigned, "pixel_targets": pixel_targets}
         if self.head is not None:

@@ -83,6 +83,17 @@ class ReviewedSample:
     truth: sv.Detections  # xyxy pixels, names in data["class_name"]
 
 
+def _no_boxes() -> sv.Detections:
+    return sv.Detections(xyxy=np.zeros((0, 4), np.float32), data={"class_name": np.array([], dtype=object)})
+
+
+def _size(sample) -> tuple[int, int]:
+    """``(width, height)`` from the sample's metadata, computed (and cached on it) when missing."""
+    if sample.metadata is None or not sample.metadata.width:
+        sample.compute_metadata()
+    return sample.metadata.width, sample.metadata.height
+
+
 def reviewed_samples(view) -> list[ReviewedSample]:
     """The samples of ``view`` (any FiftyOne dataset or view) tagged ``reviewed``, with their
     ``ground_truth``. Raises `ReviewError` when the dataset has no ``ground_truth`` field."""
@@ -91,12 +102,10 @@ def reviewed_samples(view) -> list[ReviewedSample]:
         raise ReviewError(f"dataset {name!r} has no 'ground_truth' field; review some images first.")
     samples = []
     for sample in view.match_tags(REVIEWED_TAG).select_fields(["ground_truth", "metadata"]):
-        if sample.metadata is None or not sample.metadata.width:
-            sample.compute_metadata()
-        width, height = sample.metadata.width, sample.metadata.height
+        width, height = _size(sample)
         truth = from_fiftyone(sample.ground_truth, width, height, [])
         if "class_name" not in truth.data:  # no boxes: still a sample (it teaches "nothing here")
-            truth = sv.Detections(xyxy=np.zeros((0, 4), np.float32), data={"class_name": np.array([], dtype=object)})
+            truth = _no_boxes()
         samples.append(ReviewedSample(str(sample.id), sample.filepath, width, height, truth))
     return samples
 
@@ -107,14 +116,8 @@ def unreviewed_samples(view, limit: int, seed: int = 0) -> list[ReviewedSample]:
     truth: the fine-tune labels them with its base model."""
     if limit <= 0:
         return []
-    samples = []
-    empty = sv.Detections(xyxy=np.zeros((0, 4), np.float32), data={"class_name": np.array([], dtype=object)})
-    for sample in view.match_tags(REVIEWED_TAG, bool=False).take(limit, seed=seed).select_fields(["metadata"]):
-        if sample.metadata is None or not sample.metadata.width:
-            sample.compute_metadata()
-        samples.append(ReviewedSample(str(sample.id), sample.filepath, sample.metadata.width, sample.metadata.height,
-                                      empty))
-    return samples
+    return [ReviewedSample(str(sample.id), sample.filepath, *_size(sample), _no_boxes())
+            for sample in view.match_tags(REVIEWED_TAG, bool=False).take(limit, seed=seed).select_fields(["metadata"])]
 
 
 @dataclass

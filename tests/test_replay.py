@@ -74,18 +74,12 @@ def test_copy_paste_puts_into_a_replay_image_only_classes_it_knows():
 
 
 def _dataset_with_unreviewed(review_store, reviewed: int, unreviewed: int) -> tuple[list[str], list[str]]:
-    from core.inference import predict
-    from core.loading import load_detector
-    from datasets.shapes import ShapesSpec, generate_sample
+    from datasets.review import REVIEWED_TAG
     from training.star_check import build_review_dataset
 
-    reviewed_ids = build_review_dataset(review_store, reviewed)
-    detector = load_detector("bundled")
-    other = []
-    for seed in range(7_000_000, 7_000_000 + unreviewed):
-        image = generate_sample(seed, ShapesSpec(with_star=True)).image
-        predictions = predict(detector, [image])[0].to_detections(0.05)
-        other.append(review_store.add_image(image, predictions, model_version="bundled", labels=detector.labels))
+    reviewed_ids = build_review_dataset(review_store, reviewed, unreviewed=unreviewed)
+    other = [str(i) for i in review_store.dataset.match_tags(REVIEWED_TAG, bool=False).values("id")]
+    assert len(other) == unreviewed
     return reviewed_ids, other
 
 

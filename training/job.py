@@ -104,16 +104,14 @@ def pseudo_labels(detector: Detector, samples: list[ReviewedSample], min_score: 
     """``samples`` with the detector's predictions of score >= ``min_score`` as their truth (clipped
     to the image; boxes under 1 px dropped): a fine-tune's replay images."""
     labelled = []
-    for start in range(0, len(samples), 8):
-        chunk = samples[start:start + 8]
-        outputs = predict(detector, [s.filepath for s in chunk], shortest_edge=size, longest_edge=longest)
-        for sample, output in zip(chunk, outputs):
-            found = output.to_detections(min_score)
-            xyxy = np.clip(np.asarray(found.xyxy, dtype=np.float32).reshape(-1, 4), 0,
-                           [sample.width, sample.height, sample.width, sample.height])
-            keep = ((xyxy[:, 2] - xyxy[:, 0]) >= 1) & ((xyxy[:, 3] - xyxy[:, 1]) >= 1)
-            names = np.asarray(found.data.get("class_name", np.array([], dtype=object)), dtype=object)[keep]
-            labelled.append(replace(sample, truth=sv.Detections(xyxy=xyxy[keep], data={"class_name": names})))
+    outputs = predict(detector, [s.filepath for s in samples], shortest_edge=size, longest_edge=longest)
+    for sample, output in zip(samples, outputs):
+        found = output.to_detections(min_score)
+        xyxy = np.clip(np.asarray(found.xyxy, dtype=np.float32).reshape(-1, 4), 0,
+                       [sample.width, sample.height, sample.width, sample.height])
+        keep = ((xyxy[:, 2] - xyxy[:, 0]) >= 1) & ((xyxy[:, 3] - xyxy[:, 1]) >= 1)
+        names = np.asarray(found.data.get("class_name", np.array([], dtype=object)), dtype=object)[keep]
+        labelled.append(replace(sample, truth=sv.Detections(xyxy=xyxy[keep], data={"class_name": names})))
     return labelled
 
 

@@ -49,15 +49,17 @@ def build_review_dataset(store, count: int, first_seed: int = REVIEW_FIRST_SEED,
     then ``unreviewed`` more with predictions only. Returns the reviewed ids."""
     spec = ShapesSpec(with_star=True)
     detector = load_detector("bundled")
+
+    def add(sample) -> str:
+        predictions = predict(detector, [sample.image])[0].to_detections(0.05)
+        return store.add_image(sample.image, predictions, model_version="bundled", labels=detector.labels)
+
     for seed in range(first_seed + UNREVIEWED_OFFSET, first_seed + UNREVIEWED_OFFSET + unreviewed):
-        image = generate_sample(seed, spec).image
-        predictions = predict(detector, [image])[0].to_detections(0.05)
-        store.add_image(image, predictions, model_version="bundled", labels=detector.labels)
+        add(generate_sample(seed, spec))
     ids = []
     for seed in range(first_seed, first_seed + count):
         sample = generate_sample(seed, spec)
-        predictions = predict(detector, [sample.image])[0].to_detections(0.05)
-        sample_id = store.add_image(sample.image, predictions, model_version="bundled", labels=detector.labels)
+        sample_id = add(sample)
         truth = sv.Detections(xyxy=sample.boxes.astype(np.float32),
                               data={"class_name": np.array(sample.class_names, dtype=object)})
         store.save_review(sample_id, truth, revision=store.get(sample_id).revision, reviewer="star_check")
