@@ -81,6 +81,12 @@ class ReviewedSample:
     width: int
     height: int
     truth: sv.Detections  # xyxy pixels, names in data["class_name"]
+    content_hash: str | None = None  # the image's `pixel_hash` where the sample has one
+
+    @property
+    def split_key(self) -> str:
+        """What the validation split hashes (`training.split`): the image content, else the id."""
+        return self.content_hash or self.sample_id
 
 
 def _no_boxes() -> sv.Detections:
@@ -100,13 +106,16 @@ def reviewed_samples(view) -> list[ReviewedSample]:
     name = view.dataset_name if hasattr(view, "dataset_name") else view.name
     if "ground_truth" not in view.get_field_schema():
         raise ReviewError(f"dataset {name!r} has no 'ground_truth' field; review some images first.")
+    hashed = "content_hash" in view.get_field_schema()  # not in datasets made outside the review store
     samples = []
-    for sample in view.match_tags(REVIEWED_TAG).select_fields(["ground_truth", "metadata"]):
+    for sample in view.match_tags(REVIEWED_TAG).select_fields(["ground_truth", "metadata"]
+                                                              + (["content_hash"] if hashed else [])):
         width, height = _size(sample)
         truth = from_fiftyone(sample.ground_truth, width, height, [])
         if "class_name" not in truth.data:  # no boxes: still a sample (it teaches "nothing here")
             truth = _no_boxes()
-        samples.append(ReviewedSample(str(sample.id), sample.filepath, width, height, truth))
+        samples.append(ReviewedSample(str(sample.id), sample.filepath, width, height, truth,
+                                      sample.content_hash if hashed else None))
     return samples
 
 

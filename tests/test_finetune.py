@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import LABELS, tiny_model
 from core.flags import with_flags
@@ -32,9 +33,12 @@ def test_split_is_stable_and_about_the_fraction():
     # a larger fraction only moves samples into validation, never out
     assert all(is_validation(i, 0.3) for i, v in zip(ids, first) if v)
     # with few samples the hash may choose none; then the lowest in the hash order validates
-    few = ids[:6]
+    few = {i: i for i in ids[:6]}
     assert validation_ids(few, 0.0001) and len(validation_ids(few, 0.0001)) == 1
-    assert validation_ids(ids[:4], 0.0001) == set()  # fewer than 5: no forced validation sample
+    assert validation_ids({i: i for i in ids[:4]}, 0.0001) == set()  # fewer than 5: no forced validation sample
+    # the split hashes each sample's key (its image's content hash), and answers with sample ids
+    keys = {f"id{n}": key for n, key in enumerate(ids[:40])}
+    assert validation_ids(keys, 0.2) == {i for i, key in keys.items() if is_validation(key, 0.2)}
 
 
 def test_settings_by_flag_name_reach_the_nested_configs():
@@ -105,6 +109,28 @@ def test_too_few_reviewed_samples_is_a_clear_error(review_store, tmp_path):
     with pytest.raises(FinetuneError, match="review more images"):
         finetune(review_store.dataset, "bundled", FinetuneConfig(), registry=Registry(tmp_path / "models"))
     assert Registry(tmp_path / "models").versions() == []
+
+
+def test_the_split_follows_the_images_so_a_rebuilt_dataset_splits_alike(review_store, tmp_path):
+    """The same reviewed images in a new dataset (new sample ids) validate on the same images."""
+    from datasets.review import ReviewStore, pixel_hash, reviewed_samples
+    from training.split import validation_ids
+
+    def validating_images(store) -> set[str]:
+        samples = reviewed_samples(store.dataset)
+        val = validation_ids({s.sample_id: s.split_key for s in samples}, 0.3)
+        return {s.content_hash for s in samples if s.sample_id in val}
+
+    _reviewed_store(review_store, 12)
+    first = reviewed_samples(review_store.dataset)
+    assert all(s.content_hash == pixel_hash(np.asarray(Image.open(s.filepath).convert("RGB"))) for s in first)
+    rebuilt = ReviewStore.open("split-rebuilt", tmp_path / "rebuilt")
+    try:
+        _reviewed_store(rebuilt, 12)
+        assert {s.sample_id for s in reviewed_samples(rebuilt.dataset)}.isdisjoint(s.sample_id for s in first)
+        assert validating_images(rebuilt) == validating_images(review_store) != set()
+    finally:
+        rebuilt.dataset.delete()
 
 
 def test_zerogpu_sized_chunks_give_the_result_of_one_run(review_store, tmp_path):

@@ -63,7 +63,7 @@ def prepare(view, base: str, config: FinetuneConfig, work_dir: Path, registry: R
         samples = reviewed_samples(view)
     except ReviewError as error:
         raise FinetuneError(str(error)) from None
-    val_ids = validation_ids([s.sample_id for s in samples], config.val_fraction)
+    val_ids = validation_ids({s.sample_id: s.split_key for s in samples}, config.val_fraction)
     if len(samples) - len(val_ids) < 2 or not val_ids:
         raise FinetuneError(
             f"{len(samples)} reviewed samples give {len(samples) - len(val_ids)} for training and {len(val_ids)} for "
