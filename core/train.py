@@ -54,6 +54,7 @@ class TrainConfig:
     batch_size: int = 4  # per process
     lr: float = 1e-4
     lr_backbone: float = 1e-5
+    box_lr_scale: float = 1.0  # the box head (bbox_predictor) learns at lr x this
     weight_decay: float = 1e-4
     grad_clip: float = 0.1  # max gradient norm; 0 disables clipping
     schedule: str = "constant"  # or "cosine" (decays to 1% of lr), both after `warmup_steps`
@@ -133,14 +134,21 @@ def _parameter_groups(model: nn.Module, config: TrainConfig, extra: nn.Module | 
     (a hybrid branch) trains whole, at the main learning rate."""
     if problem := trainable_problem(config.trainable):
         raise ValueError(problem)
-    backbone, rest = [], [*(extra.parameters() if extra is not None else [])]
+    backbone, box, rest = [], [], [*(extra.parameters() if extra is not None else [])]
     for name, parameter in model.named_parameters():
         stem = ".backbone." in f".{name}" and (".embedder." in name or ".stages.0." in name)
         parameter.requires_grad_(TRAINABLE[config.trainable](name) and not (config.freeze_stem and stem))
         if not parameter.requires_grad:
             continue
-        (backbone if ".backbone." in f".{name}" else rest).append(parameter)
+        if ".backbone." in f".{name}":
+            backbone.append(parameter)
+        elif config.box_lr_scale != 1.0 and name.startswith("bbox_predictor."):
+            box.append(parameter)
+        else:
+            rest.append(parameter)
     groups = [{"params": rest, "lr": config.lr}]
+    if box:
+        groups.append({"params": box, "lr": config.lr * config.box_lr_scale})
     if backbone:
         groups.append({"params": backbone, "lr": config.lr_backbone})
     return groups

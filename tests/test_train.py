@@ -86,6 +86,15 @@ def test_trainable_parts(trainable, changes, stays):
         assert not any(part in k for k in moved), part
 
 
+def test_the_box_head_can_learn_at_its_own_rate():
+    """``box_lr_scale`` 0 keeps the box head as it was while the class head trains at ``lr``."""
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, ShapesDataset(4), quick(max_steps=2, trainable="heads", box_lr_scale=0.0))
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert moved and all(k.startswith("class_labels_classifier.") for k in moved)
+
+
 def test_unknown_trainable_part_is_refused():
     with pytest.raises(ValueError, match="must be one of all, transformer"):
         train(tiny(), ShapesDataset(2), quick(max_steps=1, trainable="everything"))
