@@ -3,7 +3,8 @@
     python -m training.train_default [--steps 4000] [--out assets/bundled] [--work data/train_default]
 
 The shipped model is four runs of this, each resuming the previous one's checkpoints with a longer
-cosine schedule: --steps 4000, 8000, 12000, 14000 (docs/training.md: times and AP after each).
+cosine schedule (--steps 4000, 8000, 12000, 14000), then a second phase at 288/384 px from that
+model (--init, --steps 4800, --shortest-edge 288; docs/training.md has the commands, times and AP).
 Convergence aids, because DETR from scratch is slow: Conditional DETR's conditional spatial
 queries, H-DETR's one-to-many matching on the early decoder layers, a stride-16 backbone at the
 resolution the shapes need (shortest edge 192), and light augmentation. Evaluation images use
