@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline_dir = args.baseline or committed_model(args.baseline_rev, Path(tmp) / "baseline")
         models = {"baseline": load_detector(baseline_dir, device="cpu"),
                   "candidate": load_detector(args.candidate, device="cpu")}
+        sizes = {name: d.preprocess.shortest_edge for name, d in models.items()}
+        megabytes = {name: (Path(d.source) / "model.safetensors").stat().st_size / 2**20 for name, d in models.items()}
         rows = []
         for engine in engines:
             for name, detector in models.items():
@@ -79,9 +81,6 @@ def main(argv: list[str] | None = None) -> int:
                     times[name].append(time.perf_counter() - start)
             base_ms = statistics.median(times["baseline"]) * 1e3
             ours_ms = statistics.median(times["candidate"]) * 1e3
-            sizes = {name: d.preprocess.shortest_edge for name, d in models.items()}
-            megabytes = {name: (Path(d.source) / "model.safetensors").stat().st_size / 2**20
-                         for name, d in models.items()}
             rows.append({"bench": "bundled_model", "device": f"cpu ({args.threads} threads)", "engine": engine,
                          "setting": f"512x384 image, candidate at {sizes['candidate']} vs baseline at "
                                     f"{sizes['baseline']}, {engine}",

@@ -104,9 +104,10 @@ def reviewed_samples(view) -> list[ReviewedSample]:
     """The samples of ``view`` (any FiftyOne dataset or view) tagged ``reviewed``, with their
     ``ground_truth``. Raises `ReviewError` when the dataset has no ``ground_truth`` field."""
     name = view.dataset_name if hasattr(view, "dataset_name") else view.name
-    if "ground_truth" not in view.get_field_schema():
+    schema = view.get_field_schema()
+    if "ground_truth" not in schema:
         raise ReviewError(f"dataset {name!r} has no 'ground_truth' field; review some images first.")
-    hashed = "content_hash" in view.get_field_schema()  # not in datasets made outside the review store
+    hashed = "content_hash" in schema  # not in datasets made outside the review store
     samples = []
     for sample in view.match_tags(REVIEWED_TAG).select_fields(["ground_truth", "metadata"]
                                                               + (["content_hash"] if hashed else [])):

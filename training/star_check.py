@@ -40,9 +40,7 @@ from training.finetune import finetune
 from training.job import FinetuneResult
 
 REVIEW_FIRST_SEED, HELD_OUT_FIRST_SEED = 2_000_000, 3_000_000
-
-
-UNREVIEWED_OFFSET = 500_000
+UNREVIEWED_OFFSET = 500_000  # unreviewed images' seeds start this far after the reviewed ones
 
 
 def build_review_dataset(store, count: int, first_seed: int = REVIEW_FIRST_SEED, unreviewed: int = 0) -> list[str]:
