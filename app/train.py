@@ -129,7 +129,7 @@ def trainable_for_hybrid(hybrid: str, trainable: str) -> str:
     """The Train tab's "What trains" after the one-to-many choice changes: hybrid training needs more
     than the heads (Co-DETR's ATSS head also the encoder), so those become "transformer"; any other
     choice stays."""
-    if (hybrid != "off" and trainable == "heads") or (hybrid == "co-detr" and trainable == "decoder"):
+    if (hybrid != "off" and trainable in ("heads", "last_layer")) or (hybrid == "co-detr" and trainable == "decoder"):
         return "transformer"
     return trainable
 

@@ -236,7 +236,7 @@ def _train_tab(state: AppState, model):
         epochs = gr.Slider(1, 200, value=train.DEFAULTS.train.epochs, step=1,
                            label="Epochs at most (early stopping on validation AP)")
         trainable = gr.Dropdown(list(SUGGESTED_LR), value=train.DEFAULTS.train.trainable, elem_id="train-trainable",
-                                label="What trains (heads: best with tens of images; all: with hundreds)")
+                                label="What trains (last_layer: best with tens of images; all: with hundreds)")
         lr = gr.Number(value=train.DEFAULTS.train.lr, label="Learning rate (backbone: a tenth)", minimum=1e-6,
                        maximum=1e-2)
         hybrid = gr.Dropdown(list(HYBRID), value=train.DEFAULTS.hybrid.method, elem_id="train-hybrid",

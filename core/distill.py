@@ -8,6 +8,14 @@ probabilities (binary cross-entropy per class for sigmoid models; for softmax mo
 cross-entropy over the old classes and "no object", renormalized) and toward its box (L1 on
 normalized cxcywh). A query whose teacher box lies on a reviewed box of a *new* class (IoU > 0.5)
 is left out: there the teacher is wrong by construction (it calls a star a triangle).
+
+When everything before the student's last decoder layer stays frozen (``trainable`` "heads" or
+"last_layer", `SHARED_TRUNK`), the teacher's backbone, encoder and first decoder layers would compute
+exactly what the student's just did. Given the student, the teacher then reuses it: a hook keeps
+what the student's last decoder layer was called with, and the teacher runs only its own last
+layer, closing norm and heads on that (a fraction of a forward pass instead of a whole one). It
+also scores the queries along the training path the student's predictions take
+(`core.forward.AllDecoderLayers`), so before any step the two agree exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +28,10 @@ from torch.nn import functional as F
 
 from core.boxes import box_cxcywh_to_xyxy, box_iou
 from core.family import family_of
+from core.forward import inverse_sigmoid
+
+# What trains, where the student's trunk up to its last decoder layer stays the base model's.
+SHARED_TRUNK = ("heads", "last_layer")
 
 
 def on_new_class(boxes: torch.Tensor, target: dict, num_old: int, iou: float = 0.5) -> torch.Tensor:
@@ -38,14 +50,49 @@ class QueryDistillation(nn.Module):
     student never changes it."""
 
     def __init__(self, base: nn.Module, num_old: int, weight: float = 1.0, box_weight: float = 5.0,
-                 min_score: float = 0.3):
+                 min_score: float = 0.3, student: nn.Module | None = None):
+        """``student``: share its frozen trunk (only with ``trainable`` in `SHARED_TRUNK`; the caller
+        knows what trains). Without it the teacher runs whole on the same pixels."""
         super().__init__()
         self.teacher = copy.deepcopy(base).eval()
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
         self.teacher.config.auxiliary_loss = False
-        self.no_object = family_of(base).no_object
+        family = family_of(base)
+        self.no_object, self.conditional = family.no_object, family.conditional_queries
         self.num_old, self.weight, self.box_weight, self.min_score = num_old, weight, box_weight, min_score
+        self._last_layer_call: tuple | None = None  # (args, kwargs) of the student's last decoder layer
+        self._hook = None
+        if student is not None:
+            self._hook = student.model.decoder.layers[-1].register_forward_hook(self._keep_call, with_kwargs=True)
+
+    def _keep_call(self, module, args, kwargs, output) -> None:
+        self._last_layer_call = (args, kwargs)
+
+    def release(self) -> None:
+        """Stop watching the student (the hook would otherwise outlive training)."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook, self._last_layer_call = None, None
+
+    def _teacher_outputs(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's last-layer ``(logits, boxes)``: from the student's trunk when shared."""
+        if self._hook is None:
+            outputs = self.teacher(pixel_values=pixel_values, pixel_mask=pixel_mask)
+            return outputs.logits, outputs.pred_boxes
+        if self._last_layer_call is None:
+            raise RuntimeError("the shared-trunk teacher needs the student's forward pass of this batch first.")
+        args, kwargs = self._last_layer_call
+        self._last_layer_call = None  # one batch's inputs serve that batch only
+        model, decoder = self.teacher.model, self.teacher.model.decoder
+        hidden = decoder.layers[-1](*args, **kwargs)
+        hidden = decoder.layernorm(hidden[0] if isinstance(hidden, tuple) else hidden)
+        logits, raw = self.teacher.class_labels_classifier(hidden), self.teacher.bbox_predictor(hidden)
+        if self.conditional:  # box centres relative to the reference points, which the frozen trunk fixes
+            reference = decoder.ref_point_head(model.query_position_embeddings.weight).sigmoid()
+            raw = torch.cat([raw[..., :2] + inverse_sigmoid(reference), raw[..., 2:]], dim=-1)
+        return logits, raw.sigmoid()
 
     def train(self, mode: bool = True):  # the teacher stays in eval mode whatever the loop does
         super().train(mode)
@@ -57,8 +104,8 @@ class QueryDistillation(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The teacher's ``(probabilities [B, Q, K], boxes [B, Q, 4], kept [B, Q])``; K = old classes
         (+ no-object for softmax models)."""
-        outputs = self.teacher(pixel_values=pixel_values, pixel_mask=pixel_mask)
-        logits, boxes = outputs.logits.float(), outputs.pred_boxes.float()
+        logits, boxes = self._teacher_outputs(pixel_values, pixel_mask)
+        logits, boxes = logits.float(), boxes.float()
         if self.no_object:
             probs = logits.softmax(-1)
             score = probs[..., :-1].max(-1).values

@@ -55,7 +55,7 @@ def encode(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tenso
     return Encoded(memory, flat_mask, spatial, (int(height), int(width)), stride, image_sizes)
 
 
-def _inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     x = x.clamp(0, 1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
@@ -88,7 +88,7 @@ class AllDecoderLayers(nn.Module):
                 raise ValueError("reference points exist only in Conditional DETR.")
             # The decoder computes its reference points as sigmoid(ref_point_head(position)); this
             # pass replaces that head's output, so the queries are anchored where we say.
-            fixed = _inverse_sigmoid(reference)
+            fixed = inverse_sigmoid(reference)
             hook = decoder.ref_point_head.register_forward_hook(lambda module, inputs, output: fixed.to(output.dtype))
         try:
             outputs = decoder(inputs_embeds=content, attention_mask=None, spatial_position_embeddings=encoded.spatial_position,
@@ -104,7 +104,7 @@ class AllDecoderLayers(nn.Module):
         raw = self.detector.bbox_predictor(hidden)
         if self.family.conditional_queries:
             # Conditional DETR predicts box centres relative to each query's reference point.
-            offset = _inverse_sigmoid(outputs.reference_points).transpose(0, 1)
+            offset = inverse_sigmoid(outputs.reference_points).transpose(0, 1)
             raw = torch.cat([raw[..., :2] + offset, raw[..., 2:]], dim=-1)
         return logits, raw.sigmoid()
 

@@ -66,10 +66,10 @@ def hybrid_setting_problem(hybrid: str, trainable: str, one_to_many: int = 0, la
     and the Train tab, each of which checks it before it starts."""
     if hybrid not in HYBRID:
         return f"hybrid must be one of {', '.join(HYBRID)}; got {hybrid!r}."
-    if hybrid != "off" and trainable == "heads":
-        return (f"hybrid={hybrid!r} supervises the decoder (Co-DETR's ATSS head also the encoder), which "
-                "trainable='heads' keeps frozen, so it has nothing to train; choose 'decoder', 'transformer' "
-                "or 'all' for what trains (or hybrid 'off').")
+    if hybrid != "off" and trainable in ("heads", "last_layer"):
+        return (f"hybrid={hybrid!r} supervises every decoder layer (Co-DETR's ATSS head also the encoder), which "
+                f"trainable={trainable!r} keeps (nearly all) frozen, so it has little to train; choose 'decoder', "
+                "'transformer' or 'all' for what trains (or hybrid 'off').")
     if hybrid == "co-detr" and trainable == "decoder" and lambda2 > 0:
         return ("hybrid='co-detr' with trainable='decoder': its ATSS head supervises the encoder, which stays "
                 "frozen, so the head would train only itself; set co_detr_lambda2 to 0 (positive queries only) "

@@ -3,7 +3,7 @@
     result = train(model, dataset, TrainConfig(epochs=10), progress=print)
 
 - AdamW with a lower backbone learning rate, weight decay, gradient clipping; the whole model or
-  only part of it trains (``trainable``: all, transformer, decoder, heads); bf16 autocast
+  only part of it trains (``trainable``: all, transformer, decoder, last_layer, heads); bf16 autocast
   (through Accelerate), channels-last and fused AdamW on CUDA; fp32 on CPU.
 - ``branch``: Co-DETR's or H-DETR's one-to-many branch (`core.hybrid.build_branch`) beside the
   model, trained with it, kept in checkpoints, never part of the model: what is saved is the
@@ -59,7 +59,8 @@ class TrainConfig:
     grad_clip: float = 0.1  # max gradient norm; 0 disables clipping
     schedule: str = "constant"  # or "cosine" (decays to 1% of lr), both after `warmup_steps`
     warmup_steps: int = 0
-    trainable: str = "all"  # "all", "transformer" (backbone frozen), "decoder" (and heads), "heads" (class + box)
+    trainable: str = "all"  # "all", "transformer" (backbone frozen), "decoder" (and heads), "last_layer" (the
+    # decoder's last layer and the heads), "heads" (class + box)
     freeze_stem: bool = True  # DETR's choice for a pretrained ResNet: stem and first stage stay fixed
     shortest_edge: int | None = None  # None: the model's own (its preprocessing config's)
     longest_edge: int | None = None  # None: scaled with shortest_edge as the model's own pair
@@ -113,11 +114,20 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss was NaN/inf several steps in a row."""
 
 
-TRAINABLE = {
-    "all": lambda name: True,
-    "transformer": lambda name: ".backbone." not in f".{name}",
-    "decoder": lambda name: any(part in name for part in ("decoder", "query", "class_labels", "bbox_predictor")),
-    "heads": lambda name: "class_labels_classifier" in name or "bbox_predictor" in name,
+def _head(name: str) -> bool:
+    return name.startswith(("class_labels_classifier.", "bbox_predictor."))
+
+
+# What trains: (parameter name, index of the decoder's last layer) -> whether it trains.
+TRAINABLE: dict[str, Callable[[str, int], bool]] = {
+    "all": lambda name, last: True,
+    "transformer": lambda name, last: ".backbone." not in f".{name}",
+    "decoder": lambda name, last: any(part in name for part in ("decoder", "query", "class_labels", "bbox_predictor")),
+    # The last decoder layer (its self-attention is where DETR learns to leave one query per object) and the
+    # heads, at a step's cost near "heads". Not the decoder's shared norm: the layers before the last use it
+    # too (transformers applies it between layers when training), and they stay as they were.
+    "last_layer": lambda name, last: _head(name) or f"decoder.layers.{last}." in name,
+    "heads": lambda name, last: _head(name),
 }
 
 
@@ -135,9 +145,10 @@ def _parameter_groups(model: nn.Module, config: TrainConfig, extra: nn.Module | 
     if problem := trainable_problem(config.trainable):
         raise ValueError(problem)
     backbone, box, rest = [], [], [*(extra.parameters() if extra is not None else [])]
+    last = model.config.decoder_layers - 1
     for name, parameter in model.named_parameters():
         stem = ".backbone." in f".{name}" and (".embedder." in name or ".stages.0." in name)
-        parameter.requires_grad_(TRAINABLE[config.trainable](name) and not (config.freeze_stem and stem))
+        parameter.requires_grad_(TRAINABLE[config.trainable](name, last) and not (config.freeze_stem and stem))
         if not parameter.requires_grad:
             continue
         if ".backbone." in f".{name}":

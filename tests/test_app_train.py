@@ -128,8 +128,9 @@ def test_one_to_many_choice_moves_what_trains_off_the_heads_and_is_checked(state
     assert train.trainable_for_hybrid("h-detr", "decoder") == "decoder"
     assert train.trainable_for_hybrid("co-detr", "decoder") == "transformer"  # its ATSS head needs the encoder
     assert train.trainable_for_hybrid("off", "heads") == "heads"
+    assert train.trainable_for_hybrid("h-detr", "last_layer") == "transformer"  # one-to-many supervises every layer
     build_review_dataset(review_store, 10)
-    with pytest.raises(gr.Error, match="nothing to train"):
+    with pytest.raises(gr.Error, match="little to train"):
         next(train.start_finetune(state, "bundled", 1, 1e-4, "heads", "co-detr"))
     with pytest.raises(gr.Error, match="must be one of"):
         next(train.start_finetune(state, "bundled", 1, 1e-4, "all", "dino"))

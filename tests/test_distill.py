@@ -9,6 +9,7 @@ import torch
 
 from conftest import tiny_model
 from core.distill import QueryDistillation
+from core.forward import AllDecoderLayers
 from core.heads import extend_head
 from core.train import TrainConfig, train
 from datasets.shapes import ShapesDataset
@@ -42,6 +43,37 @@ def test_targets_are_the_frozen_base_models_and_training_leaves_it_unchanged(kin
     assert all(torch.equal(v, snapshot[k]) for k, v in distill.teacher.state_dict().items())  # never trained
     assert not any(p.requires_grad for p in distill.teacher.parameters()) and not distill.teacher.training
     assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())  # the student did
+
+
+@pytest.mark.parametrize("kind", ["detr", "conditional_detr"])
+@pytest.mark.parametrize("trainable", ["heads", "last_layer"])
+def test_a_teacher_sharing_the_frozen_trunk_gives_what_the_whole_base_model_gives(kind, trainable):
+    """With only the heads (or the last decoder layer too) training, the teacher reuses the student's
+    trunk; after the student trained, its targets are still the base model's own, run whole along the
+    training path (every decoder layer's predictions, as the loop computes them)."""
+    base = tiny_model(kind, seed=3)
+    student = tiny_model(kind, seed=3)
+    extend_head(student, ["circle", "square", "triangle", "star"])
+    distill = QueryDistillation(base, num_old=3, min_score=0.0, student=student)
+    result = train(student, ShapesDataset(4, first_seed=40), settings(trainable=trainable), distill=distill)
+    assert result.status == "finished" and result.last_losses["loss_distill"] > 0  # the student moved away
+
+    pixels, mask = torch.randn(2, 3, 64, 96), torch.ones(2, 64, 96, dtype=torch.long)
+    empty = [{"class_labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}] * 2
+    student.eval()
+    with torch.no_grad():
+        AllDecoderLayers(student)(pixels, mask)  # the student's pass this batch, which the teacher reuses
+        probs, boxes, _ = distill.targets(pixels, mask, empty)
+        base.config.auxiliary_loss = True
+        logits, expected_boxes = AllDecoderLayers(base.eval())(pixels, mask)
+    expected = logits[-1].softmax(-1) if kind == "detr" else logits[-1].sigmoid()
+    assert torch.allclose(probs, expected, atol=1e-5) and torch.allclose(boxes, expected_boxes[-1], atol=1e-5)
+    with pytest.raises(RuntimeError, match="forward pass of this batch first"):  # inputs serve one batch only
+        distill.targets(pixels, mask, empty)
+    distill.release()
+    with torch.no_grad():
+        AllDecoderLayers(student)(pixels, mask)
+    assert distill._last_layer_call is None  # released: no longer watching the student
 
 
 def test_a_query_on_a_reviewed_box_of_a_new_class_is_left_out():

@@ -194,6 +194,7 @@ def test_h_detr_group_is_matched_against_repeated_targets():
 @pytest.mark.parametrize("setting, trainable, one_to_many, message", [
     ({"method": "dino"}, "all", 0, "hybrid must be one of"),
     ({"method": "co-detr"}, "heads", 0, "trainable='heads'"),
+    ({"method": "h-detr"}, "last_layer", 0, "trainable='last_layer'"),
     ({"method": "h-detr"}, "all", 5, "use one"),
     ({"method": "co-detr", "co_detr_lambda1": 0.0, "co_detr_lambda2": 0.0}, "all", 0, "hybrid='off'"),
     # the ATSS head's gradient reaches only the frozen encoder: it would train only itself

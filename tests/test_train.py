@@ -86,6 +86,18 @@ def test_trainable_parts(trainable, changes, stays):
         assert not any(part in k for k in moved), part
 
 
+@pytest.mark.parametrize("kind", ["detr", "conditional_detr"])
+def test_last_layer_trains_the_decoders_last_layer_and_the_heads_only(kind):
+    model = tiny(kind)  # two decoder layers
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, ShapesDataset(4), quick(max_steps=2, trainable="last_layer"))
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert any(k.startswith("model.decoder.layers.1.self_attn.") for k in moved)
+    assert any(k.startswith("class_labels_classifier.") for k in moved)
+    assert all(k.startswith(("model.decoder.layers.1.", "class_labels_classifier.", "bbox_predictor."))
+               for k in moved), sorted(moved)  # the first layer, the shared norm, the queries stay
+
+
 def test_the_box_head_can_learn_at_its_own_rate():
     """``box_lr_scale`` 0 keeps the box head as it was while the class head trains at ``lr``."""
     model = tiny()

@@ -17,12 +17,13 @@ from core.train import TrainConfig
 def finetune_training() -> TrainConfig:
     """The training settings of a fine-tune on tens to hundreds of reviewed images (docs/fine-tuning.md: the star check).
 
-    Only the class and box heads train by default: with tens of reviewed images they learned a new
-    class best and forgot least. The box head learns at a tenth of the rate (at the full rate it
-    overfits the few reviewed boxes and every class's AP75 falls), and copy-paste shows it more
-    views. ``epochs`` is an upper bound; early stopping may end sooner.
+    The decoder's last layer and the class and box heads train, distilled from the base model
+    (`FinetuneConfig.distill`): with tens of reviewed images that learned a new class best and
+    forgot least. The box head learns at a tenth of the rate (at the full rate it overfits the few
+    reviewed boxes and every class's AP75 falls), and copy-paste shows it more views. ``epochs`` is
+    an upper bound; early stopping may end sooner.
     """
-    return TrainConfig(epochs=150, batch_size=8, trainable="heads", lr=3e-3, lr_backbone=2e-5, box_lr_scale=0.1,
+    return TrainConfig(epochs=150, batch_size=8, trainable="last_layer", lr=1e-3, lr_backbone=2e-5, box_lr_scale=0.1,
                        schedule="cosine", hflip=0.5, scale_jitter=(0.875, 1.0, 1.125), copy_paste=0.5, log_every=5)
 
 
@@ -31,11 +32,14 @@ class FinetuneConfig:
     """Fine-tuning settings; defaults chosen for tens to hundreds of reviewed images (see docs/fine-tuning.md)."""
 
     train: TrainConfig = field(default_factory=finetune_training)
-    # One-to-many training branches, dropped when training ends: not with trainable "heads".
+    # One-to-many training branches, dropped when training ends: not with trainable "heads" or "last_layer".
     hybrid: HybridConfig = field(default_factory=HybridConfig)
-    patience: int = 40  # epochs without a better validation AP before stopping
+    patience: int = 80  # epochs without a better (smoothed) validation AP before stopping
+    smooth: int = 5  # the best epoch is the one whose validation AP averaged with the epochs before it is highest
     val_fraction: float = 0.2
-    distill: float = 0.0  # weight of query-index distillation from the frozen base model (core.distill); 0: off
+    # Weight of query-index distillation from the frozen base model (core.distill); 0: off. With "heads" or
+    # "last_layer" training the teacher shares the student's frozen trunk and costs little.
+    distill: float = 1.0
     # Replay: up to this many samples of the same dataset that are *not* reviewed join training, labelled by the
     # base model (its classes, score >= replay_score); their loss ignores the classes the base model lacks
     # (an unlabelled star there is not taught as background). Never validation samples. 0: off.
@@ -45,4 +49,4 @@ class FinetuneConfig:
 
 # Learning rates that worked for each choice of what trains (star check, docs/fine-tuning.md); the Train tab
 # proposes them when the choice changes.
-SUGGESTED_LR = {"heads": 3e-3, "decoder": 5e-4, "transformer": 2e-4, "all": 2e-4}
+SUGGESTED_LR = {"heads": 3e-3, "last_layer": 1e-3, "decoder": 5e-4, "transformer": 2e-4, "all": 2e-4}

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core.boxes import box_xyxy_to_cxcywhn
-from core.distill import QueryDistillation
+from core.distill import SHARED_TRUNK, QueryDistillation
 from core.evaluate import Metrics, evaluate_images
 from core.inference import predict
 from core.flags import from_dict
@@ -230,7 +230,8 @@ def run_chunk(
     if config.distill > 0:  # the teacher is the base model as loaded, before any training
         base_labels = job.get("base_labels", labels)
         teacher = load_detector_or_bundled(job["base_dir"]).model
-        distill = QueryDistillation(teacher, len(base_labels), weight=config.distill).to(detector.device)
+        shared = model if config.train.trainable in SHARED_TRUNK else None  # the student's frozen trunk serves both
+        distill = QueryDistillation(teacher, len(base_labels), weight=config.distill, student=shared).to(detector.device)
     train_config = replace(config.train, shortest_edge=size, longest_edge=job["longest"],
                            checkpoint_dir=str(work_dir / CHECKPOINTS), resume=True)
 
@@ -242,9 +243,10 @@ def run_chunk(
         job["history"] = [h for h in job["history"] if h["epoch"] != epoch] + [{"epoch": epoch, "val_AP": metrics.AP}]
         if on_epoch is not None:
             on_epoch(job["history"][-1])
-        if metrics.AP > job["best"]["ap"]:
+        score = smoothed_ap(job["history"], config.smooth)
+        if score > job["best"].get("score", job["best"]["ap"]):
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, work_dir / BEST_FILE)
-            job["best"] = {"ap": metrics.AP, "epoch": epoch}
+            job["best"] = {"ap": metrics.AP, "score": score, "epoch": epoch}
         write_json(work_dir / JOB_FILE, job)
         return epoch - job["best"]["epoch"] >= config.patience  # no better epoch for `patience` epochs: stop
 
@@ -254,9 +256,13 @@ def run_chunk(
     if job.get("replay"):
         replayed = ReviewedDataset(_samples(job["replay"]), labels, known=job.get("base_labels", labels))
         dataset = torch.utils.data.ConcatDataset([dataset, replayed])
-    result = train(model, dataset, train_config, detector.preprocess, labels, branch=branch,
-                   progress=progress, cancel=cancel, epoch_end=validate, budget_s=left_s, reserve_s=reserve_s,
-                   clock=clock, distill=distill)
+    try:
+        result = train(model, dataset, train_config, detector.preprocess, labels, branch=branch,
+                       progress=progress, cancel=cancel, epoch_end=validate, budget_s=left_s, reserve_s=reserve_s,
+                       clock=clock, distill=distill)
+    finally:
+        if distill is not None:
+            distill.release()
     if result.checkpoint_s:
         job["checkpoint_s"] = round(max(job.get("checkpoint_s", 0.0), result.checkpoint_s), 3)
     model.eval()
@@ -268,6 +274,15 @@ def run_chunk(
     job["status"] = result.status
     write_json(work_dir / JOB_FILE, job)
     return result.status
+
+
+def smoothed_ap(history: list[dict], window: int) -> float:
+    """The mean validation AP of the last ``window`` epochs of ``history`` (``{"epoch", "val_AP"}`` in
+    epoch order): what picks the best epoch. On ~10 validation images one epoch's AP swings by a few
+    hundredths while the learning rate is high, and the best single epoch was such a swing (more
+    forgetting than the settled epochs after it); ``window`` 1 is the epoch's own AP."""
+    recent = [entry["val_AP"] for entry in history[-max(window, 1):]]
+    return sum(recent) / len(recent)
 
 
 def forgotten_classes(before: Metrics, after: Metrics, old_labels: list[str],
