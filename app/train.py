@@ -16,6 +16,7 @@ import gradio as gr
 import matplotlib.pyplot as plt
 
 from core.flags import with_flags
+from core.train import FROZEN_TRUNK
 from datasets.review import reviewed_samples
 from training.config import FinetuneConfig
 from training.finetune import config_problem, finetune, per_class_table
@@ -129,7 +130,7 @@ def trainable_for_hybrid(hybrid: str, trainable: str) -> str:
     """The Train tab's "What trains" after the one-to-many choice changes: hybrid training needs more
     than the heads (Co-DETR's ATSS head also the encoder), so those become "transformer"; any other
     choice stays."""
-    if (hybrid != "off" and trainable in ("heads", "last_layer")) or (hybrid == "co-detr" and trainable == "decoder"):
+    if (hybrid != "off" and trainable in FROZEN_TRUNK) or (hybrid == "co-detr" and trainable == "decoder"):
         return "transformer"
     return trainable
 

@@ -10,7 +10,7 @@ normalized cxcywh). A query whose teacher box lies on a reviewed box of a *new* 
 is left out: there the teacher is wrong by construction (it calls a star a triangle).
 
 When everything before the student's last decoder layer stays frozen (``trainable`` "heads" or
-"last_layer", `SHARED_TRUNK`), the teacher's backbone, encoder and first decoder layers would compute
+"last_layer", `core.train.FROZEN_TRUNK`), the teacher's backbone, encoder and first decoder layers would compute
 exactly what the student's just did. Given the student, the teacher then reuses it: a hook keeps
 what the student's last decoder layer was called with, and the teacher runs only its own last
 layer, closing norm and heads on that (a fraction of a forward pass instead of a whole one). It
@@ -30,9 +30,6 @@ from core.boxes import box_cxcywh_to_xyxy, box_iou
 from core.family import family_of
 from core.forward import inverse_sigmoid
 
-# What trains, where the student's trunk up to its last decoder layer stays the base model's.
-SHARED_TRUNK = ("heads", "last_layer")
-
 
 def on_new_class(boxes: torch.Tensor, target: dict, num_old: int, iou: float = 0.5) -> torch.Tensor:
     """``[Q]`` bool: which of the teacher's ``boxes [Q, 4]`` (normalized cxcywh) lie on a reviewed box
@@ -51,7 +48,7 @@ class QueryDistillation(nn.Module):
 
     def __init__(self, base: nn.Module, num_old: int, weight: float = 1.0, box_weight: float = 5.0,
                  min_score: float = 0.3, student: nn.Module | None = None):
-        """``student``: share its frozen trunk (only with ``trainable`` in `SHARED_TRUNK`; the caller
+        """``student``: share its frozen trunk (only with ``trainable`` in `core.train.FROZEN_TRUNK`; the caller
         knows what trains). Without it the teacher runs whole on the same pixels."""
         super().__init__()
         self.teacher = copy.deepcopy(base).eval()

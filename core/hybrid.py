@@ -37,6 +37,7 @@ from core.family import family_of
 from core.forward import Encoded, backbone_stride
 from core.losses import SetCriterion, repeat_targets
 from core.pyramid import SimplePyramid
+from core.train import FROZEN_TRUNK
 
 HYBRID = ("off", "co-detr", "h-detr")
 ATSS_WEIGHTS = {"loss_atss_cls": 1.0, "loss_atss_giou": 2.0, "loss_atss_centerness": 1.0}  # Co-DETR's ATSS config
@@ -66,7 +67,7 @@ def hybrid_setting_problem(hybrid: str, trainable: str, one_to_many: int = 0, la
     and the Train tab, each of which checks it before it starts."""
     if hybrid not in HYBRID:
         return f"hybrid must be one of {', '.join(HYBRID)}; got {hybrid!r}."
-    if hybrid != "off" and trainable in ("heads", "last_layer"):
+    if hybrid != "off" and trainable in FROZEN_TRUNK:
         return (f"hybrid={hybrid!r} supervises every decoder layer (Co-DETR's ATSS head also the encoder), which "
                 f"trainable={trainable!r} keeps (nearly all) frozen, so it has little to train; choose 'decoder', "
                 "'transformer' or 'all' for what trains (or hybrid 'off').")

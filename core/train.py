@@ -129,6 +129,9 @@ TRAINABLE: dict[str, Callable[[str, int], bool]] = {
     "last_layer": lambda name, last: _head(name) or f"decoder.layers.{last}." in name,
     "heads": lambda name, last: _head(name),
 }
+# The choices that leave everything before the decoder's last layer as the base model had it: hybrid
+# branches (which supervise every layer) refuse them, and distillation's teacher shares that trunk.
+FROZEN_TRUNK = ("heads", "last_layer")
 
 
 def trainable_problem(trainable: str) -> str | None:

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core.boxes import box_xyxy_to_cxcywhn
-from core.distill import SHARED_TRUNK, QueryDistillation
+from core.distill import QueryDistillation
 from core.evaluate import Metrics, evaluate_images
 from core.inference import predict
 from core.flags import from_dict
@@ -41,7 +41,7 @@ from core.heads import extend_head
 from core.hybrid import build_branch
 from core.images import load_image
 from core.loading import Detector, VersionDir, load_detector_or_bundled
-from core.train import Progress, train
+from core.train import FROZEN_TRUNK, Progress, train
 from datasets.review import ReviewedSample
 from training.config import FinetuneConfig
 from training.registry import Registry
@@ -230,7 +230,7 @@ def run_chunk(
     if config.distill > 0:  # the teacher is the base model as loaded, before any training
         base_labels = job.get("base_labels", labels)
         teacher = load_detector_or_bundled(job["base_dir"]).model
-        shared = model if config.train.trainable in SHARED_TRUNK else None  # the student's frozen trunk serves both
+        shared = model if config.train.trainable in FROZEN_TRUNK else None  # the student's frozen trunk serves both
         distill = QueryDistillation(teacher, len(base_labels), weight=config.distill, student=shared).to(detector.device)
     train_config = replace(config.train, shortest_edge=size, longest_edge=job["longest"],
                            checkpoint_dir=str(work_dir / CHECKPOINTS), resume=True)
