@@ -4,11 +4,12 @@
 
 The shipped model is four runs of this, each resuming the previous one's checkpoints with a longer
 cosine schedule (--steps 4000, 8000, 12000, 14000), then a second phase at 288/384 px from that
-model (--init, --steps 4800, --shortest-edge 288; docs/training.md has the commands, times and AP).
+model (--init, --steps 4800, --shortest-edge 288) and a third from the second at half its learning
+rate (--steps 4500 --lr 5e-5); docs/training.md has the commands, times and AP.
 Convergence aids, because DETR from scratch is slow: Conditional DETR's conditional spatial
 queries, H-DETR's one-to-many matching on the early decoder layers, a stride-16 backbone at the
-resolution the shapes need (shortest edge 192), and light augmentation. Evaluation images use
-seeds below 1,000,000; training images start there.
+resolution the shapes need (shortest edge 192), and light augmentation. Training images are seeds
+1,000,000 onwards (6000 of them); evaluation images use seeds below that or far above.
 """
 
 from __future__ import annotations
