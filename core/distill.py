@@ -15,7 +15,10 @@ exactly what the student's just did. Given the student, the teacher then reuses 
 what the student's last decoder layer was called with, and the teacher runs only its own last
 layer, closing norm and heads on that (a fraction of a forward pass instead of a whole one). It
 also scores the queries along the training path the student's predictions take
-(`core.forward.AllDecoderLayers`), so before any step the two agree exactly.
+(`core.forward.AllDecoderLayers`), so before any step the two agree exactly. When the whole
+decoder trains (``trainable`` "decoder", `SHARES_ENCODER`), backbone and encoder are still the base
+model's: a hook keeps the student's encoder output and the teacher runs only its own decoder (its
+own object queries) and heads on it, as the whole teacher would at inference.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from torch.nn import functional as F
 
 from core.boxes import box_cxcywh_to_xyxy, box_iou
 from core.family import family_of
-from core.forward import inverse_sigmoid
+from core.forward import AllDecoderLayers, Encoded, inverse_sigmoid
+
+# The ``trainable`` choice whose student shares backbone and encoder (not the decoder) with the teacher.
+SHARES_ENCODER = ("decoder",)
 
 
 def on_new_class(boxes: torch.Tensor, target: dict, num_old: int, iou: float = 0.5) -> torch.Tensor:
@@ -47,9 +53,10 @@ class QueryDistillation(nn.Module):
     student never changes it."""
 
     def __init__(self, base: nn.Module, num_old: int, weight: float = 1.0, box_weight: float = 5.0,
-                 min_score: float = 0.3, student: nn.Module | None = None):
+                 min_score: float = 0.3, student: nn.Module | None = None, share_encoder: bool = False):
         """``student``: share its frozen trunk (only with ``trainable`` in `core.train.FROZEN_TRUNK`; the caller
-        knows what trains). Without it the teacher runs whole on the same pixels."""
+        knows what trains), or with ``share_encoder`` only its backbone and encoder (``trainable`` in
+        `SHARES_ENCODER`). Without it the teacher runs whole on the same pixels."""
         super().__init__()
         self.teacher = copy.deepcopy(base).eval()
         for parameter in self.teacher.parameters():
@@ -59,18 +66,26 @@ class QueryDistillation(nn.Module):
         self.no_object, self.conditional = family.no_object, family.conditional_queries
         self.num_old, self.weight, self.box_weight, self.min_score = num_old, weight, box_weight, min_score
         self._last_layer_call: tuple | None = None  # (args, kwargs) of the student's last decoder layer
-        self._hook = None
-        if student is not None:
+        self._encoded: Encoded | None = None  # the student's encoder output, when sharing the encoder
+        self._hook, self._shares_encoder = None, student is not None and share_encoder
+        if self._shares_encoder:
+            self._hook = student.model.encoder.register_forward_hook(self._keep_encoded, with_kwargs=True)
+        elif student is not None:
             self._hook = student.model.decoder.layers[-1].register_forward_hook(self._keep_call, with_kwargs=True)
 
     def _keep_call(self, module, args, kwargs, output) -> None:
         self._last_layer_call = (args, kwargs)
 
+    def _keep_encoded(self, module, args, kwargs, output) -> None:
+        memory = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        self._encoded = Encoded(memory, kwargs.get("attention_mask"), kwargs.get("spatial_position_embeddings"),
+                                (0, 0), 0, None)
+
     def release(self) -> None:
         """Stop watching the student (the hook would otherwise outlive training)."""
         if self._hook is not None:
             self._hook.remove()
-            self._hook, self._last_layer_call = None, None
+            self._hook, self._last_layer_call, self._encoded = None, None, None
 
     def _teacher_outputs(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,6 +93,14 @@ class QueryDistillation(nn.Module):
         if self._hook is None:
             outputs = self.teacher(pixel_values=pixel_values, pixel_mask=pixel_mask)
             return outputs.logits, outputs.pred_boxes
+        if self._shares_encoder:
+            if self._encoded is None:
+                raise RuntimeError("the teacher sharing the encoder needs the student's forward pass of this batch first.")
+            encoded, self._encoded = self._encoded, None  # one batch's memory serves that batch only
+            position = self.teacher.model.query_position_embeddings.weight.unsqueeze(0).expand(
+                encoded.memory.shape[0], -1, -1)
+            logits, boxes = AllDecoderLayers(self.teacher).decode(encoded, torch.zeros_like(position), position)
+            return logits[-1], boxes[-1]
         if self._last_layer_call is None:
             raise RuntimeError("the shared-trunk teacher needs the student's forward pass of this batch first.")
         args, kwargs = self._last_layer_call

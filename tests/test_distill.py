@@ -76,6 +76,38 @@ def test_a_teacher_sharing_the_frozen_trunk_gives_what_the_whole_base_model_give
     assert distill._last_layer_call is None  # released: no longer watching the student
 
 
+@pytest.mark.parametrize("kind", ["detr", "conditional_detr"])
+def test_a_teacher_sharing_the_encoder_gives_what_the_whole_base_model_gives(kind):
+    """With the whole decoder training (its queries too), the teacher reuses the student's backbone
+    and encoder only and runs its own decoder and queries: after the student trained, its targets
+    are still the whole base model's own predictions."""
+    base = tiny_model(kind, seed=3)
+    student = tiny_model(kind, seed=3)
+    extend_head(student, ["circle", "square", "triangle", "star"])
+    distill = QueryDistillation(base, num_old=3, min_score=0.0, student=student, share_encoder=True)
+    result = train(student, ShapesDataset(4, first_seed=40), settings(trainable="decoder"), distill=distill)
+    assert result.status == "finished" and result.last_losses["loss_distill"] > 0
+    moved = [k for k, v in student.state_dict().items() if "query_position" in k
+             and not torch.equal(v, base.state_dict()[k])]
+    assert moved  # the student's own queries moved: the teacher must not use them
+
+    pixels, mask = torch.randn(2, 3, 64, 96), torch.ones(2, 64, 96, dtype=torch.long)
+    empty = [{"class_labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}] * 2
+    student.eval()
+    with torch.no_grad():
+        AllDecoderLayers(student)(pixels, mask)
+        probs, boxes, _ = distill.targets(pixels, mask, empty)
+        own = base.eval()(pixel_values=pixels, pixel_mask=mask)
+    expected = own.logits.softmax(-1) if kind == "detr" else own.logits.sigmoid()
+    assert torch.allclose(probs, expected, atol=1e-5) and torch.allclose(boxes, own.pred_boxes, atol=1e-5)
+    with pytest.raises(RuntimeError, match="forward pass of this batch first"):
+        distill.targets(pixels, mask, empty)
+    distill.release()
+    with torch.no_grad():
+        AllDecoderLayers(student)(pixels, mask)
+    assert distill._encoded is None
+
+
 def test_a_query_on_a_reviewed_box_of_a_new_class_is_left_out():
     from core.distill import on_new_class
 

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core.boxes import box_xyxy_to_cxcywhn
-from core.distill import QueryDistillation
+from core.distill import SHARES_ENCODER, QueryDistillation
 from core.evaluate import Metrics, evaluate_images
 from core.inference import predict
 from core.flags import from_dict
@@ -230,8 +230,11 @@ def run_chunk(
     if config.distill > 0:  # the teacher is the base model as loaded, before any training
         base_labels = job.get("base_labels", labels)
         teacher = load_detector_or_bundled(job["base_dir"]).model
-        shared = model if config.train.trainable in FROZEN_TRUNK else None  # the student's frozen trunk serves both
-        distill = QueryDistillation(teacher, len(base_labels), weight=config.distill, student=shared).to(detector.device)
+        # the student's frozen trunk (or frozen backbone and encoder) serves both
+        share_encoder = config.train.trainable in SHARES_ENCODER
+        shared = model if config.train.trainable in FROZEN_TRUNK or share_encoder else None
+        distill = QueryDistillation(teacher, len(base_labels), weight=config.distill, student=shared,
+                                    share_encoder=share_encoder).to(detector.device)
     train_config = replace(config.train, shortest_edge=size, longest_edge=job["longest"],
                            checkpoint_dir=str(work_dir / CHECKPOINTS), resume=True)
 
