@@ -78,8 +78,10 @@ class QueryDistillation(nn.Module):
 
     def _keep_encoded(self, module, args, kwargs, output) -> None:
         memory = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        # A decoder pass (`AllDecoderLayers.decode`) reads memory, mask and spatial position only; the
+        # feature size, stride and image sizes (for hybrid branches) are not known here and not needed.
         self._encoded = Encoded(memory, kwargs.get("attention_mask"), kwargs.get("spatial_position_embeddings"),
-                                (0, 0), 0, None)
+                                feature_size=(0, 0), stride=0, image_sizes=None)
 
     def release(self) -> None:
         """Stop watching the student (the hook would otherwise outlive training)."""

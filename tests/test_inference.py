@@ -181,8 +181,9 @@ def test_cpu_bf16_is_opt_in_and_close_to_fp32():
         # a 2M-parameter model: bf16 moves it more than R50. The shipped bundled model at 288 px on
         # seeds 900-915 (2026-12-04): mean probability change 0.0006-0.0054 per image, but a single
         # query's probability moved by up to 0.54 (on seeds 900/901: 0.44 inside the whole suite,
-        # 0.12 in a run of its own; bf16 results depend on the kernels chosen), boxes of queries above 0.5 by up to 10 px of 512,
-        # labels of queries above 0.5 never. So: the whole stays close, labels hold, single scores may move.
+        # 0.12 in a run of its own; bf16 results depend on the kernels chosen), boxes of queries
+        # above 0.5 by up to 10 px of 512, labels of queries above 0.5 never. So: the whole stays
+        # close, labels hold, single scores may move.
         assert np.abs(a.probs - b.probs).mean() < 0.01
         confident = a.scores > 0.5
         assert confident.any() and np.array_equal(a.label_ids[confident], b.label_ids[confident])
