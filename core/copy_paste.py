@@ -3,20 +3,73 @@ with boxes but no masks: an object is its box's pixels, pasted whole into anothe
 batch, so a few dozen reviewed images give many distinct training views (a new class appears in
 scenes it was never reviewed in).
 
-Rules, each tested: a pasted box is exactly the pasted rectangle (tight, inside the image, at
-least 2 px a side); it never overlaps a box already in the image (an existing object is never
-hidden, even in part) nor another pasted one; the source image is not changed; an image labelled
-only for some classes (``known_classes``: a replay image) receives only objects of those classes.
+Without masks the box's own background would come along as a visible rectangle (and with it any
+part of a neighbouring object inside the box, unlabelled). So when the box's border ring is a plain
+background — a colour plane (a gradient) plus noise, as on a studio shot, a document or the shapes
+domain — the object is cut out of it (``blend``, `object_alpha`): pixels far from that plane, the
+largest connected part, with soft edges. On a cluttered border it is pasted as its rectangle.
+
+Rules, each tested: a pasted box is tight around what was pasted (inside the image, at least 2 px a
+side); it never overlaps a box already in the image (an existing object is never hidden, even in
+part) nor another pasted one; the source image is not changed; an image labelled only for some
+classes (``known_classes``: a replay image) receives only objects of those classes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from core.boxes import box_cxcywhn_to_xyxy, box_xyxy_to_cxcywhn
 
 PLACEMENT_TRIES = 20  # random positions tried per object before it is skipped
+BORDER_INLIER = 30.0  # RGB distance from the border's colour plane within which a border pixel is background
+TRIM_ROUNDS = 3
+PLAIN_BORDER = 0.5  # at least this share of the border must be background ...
+BORDER_NOISE = 15.0  # ... with at most this RMS distance from the plane, or the object is pasted as its rectangle
+
+
+def _plane(points: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Least-squares colour plane ``[3, 3]`` through ``colours [N, 3]`` at ``points [N, 2]`` (x, y)."""
+    design = np.column_stack([np.ones(len(points)), points])
+    return np.linalg.lstsq(design, colours, rcond=None)[0]
+
+
+def object_alpha(crop: np.ndarray) -> np.ndarray | None:
+    """``[h, w]`` opacity in [0, 1] of the object in ``crop`` (the pixels of its tight box), or None
+    when the box's border is not a plain background (then the rectangle is pasted whole)."""
+    height, width = crop.shape[:2]
+    if height < 4 or width < 4:
+        return None
+    pixels = crop.astype(np.float64)
+    ys, xs = np.mgrid[0:height, 0:width]
+    ring = (ys == 0) | (ys == height - 1) | (xs == 0) | (xs == width - 1)
+    points, colours = np.column_stack([xs[ring], ys[ring]]), pixels[ring]
+    design = np.column_stack([np.ones(len(points)), points])
+    fitted = np.ones(len(points), dtype=bool)
+    for _ in range(TRIM_ROUNDS):  # trimmed least squares: the object covers part of the ring (an edge, a few tips)
+        residual = np.linalg.norm(colours - design @ _plane(points[fitted], colours[fitted]), axis=1)
+        fitted = residual <= np.quantile(residual, 0.5)
+    inliers = residual < BORDER_INLIER
+    if inliers.mean() < PLAIN_BORDER:  # e.g. an upright square fills its box: the rectangle is the object
+        return None
+    coefficients = _plane(points[inliers], colours[inliers])
+    background = np.stack([np.ones_like(xs), xs, ys], -1).astype(np.float64) @ coefficients
+    distance = np.linalg.norm(pixels - background, axis=-1)
+    noise = float(np.sqrt(np.mean(distance[ring][inliers] ** 2)))
+    if noise > BORDER_NOISE:
+        return None
+    low = 2.5 * max(noise, 4.0)
+    alpha = np.clip((distance - low) / 20.0, 0.0, 1.0)
+    parts, count = ndimage.label(alpha > 0.5)
+    if count == 0:
+        return None
+    largest = parts == (np.argmax(np.bincount(parts.ravel())[1:]) + 1)
+    rows, cols = np.flatnonzero(largest.any(1)), np.flatnonzero(largest.any(0))
+    if rows[-1] - rows[0] + 1 < 0.8 * height or cols[-1] - cols[0] + 1 < 0.8 * width:
+        return None  # what was found does not fill the box: not this object alone
+    return alpha * ndimage.binary_dilation(largest)
 
 
 def _overlaps(box: np.ndarray, boxes: np.ndarray) -> bool:
@@ -27,11 +80,12 @@ def _overlaps(box: np.ndarray, boxes: np.ndarray) -> bool:
 
 
 def copy_paste(images: list[np.ndarray], targets: list[dict], rng: np.random.Generator, probability: float = 0.5,
-               max_objects: int = 3) -> tuple[list[np.ndarray], list[dict]]:
+               max_objects: int = 3, blend: bool = True) -> tuple[list[np.ndarray], list[dict]]:
     """Paste up to ``max_objects`` objects of another image of the batch into each image (with
     ``probability``). ``images``: ``[H, W, 3]`` uint8 arrays; ``targets``: the transformers contract
-    (``class_labels [N]``, ``boxes [N, 4]`` normalized cxcywh). Returns new lists; the inputs are
-    not modified. Draws only from ``rng``, so a resumed run repeats the same pastes."""
+    (``class_labels [N]``, ``boxes [N, 4]`` normalized cxcywh). ``blend``: cut objects out of a plain
+    background (`object_alpha`) instead of pasting their rectangles. Returns new lists; the inputs
+    are not modified. Draws only from ``rng``, so a resumed run repeats the same pastes."""
     pixel_boxes = []
     for image, target in zip(images, targets):
         height, width = image.shape[:2]
@@ -65,9 +119,18 @@ def copy_paste(images: list[np.ndarray], targets: list[dict], rng: np.random.Gen
                 px, py = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
                 placed = np.array([px, py, px + w, py + h])
                 if not _overlaps(placed, occupied):
-                    canvas[py:py + h, px:px + w] = images[j][y0:y1, x0:x1]
-                    occupied = np.vstack([occupied, placed[None]])
-                    added_boxes.append(placed)
+                    crop = images[j][y0:y1, x0:x1]
+                    alpha = object_alpha(crop) if blend else None
+                    if alpha is None:
+                        canvas[py:py + h, px:px + w] = crop
+                    else:  # the box shrinks to what is pasted (soft edges below half opacity are not the object)
+                        region = canvas[py:py + h, px:px + w].astype(np.float64)
+                        mixed = alpha[..., None] * crop + (1 - alpha[..., None]) * region
+                        canvas[py:py + h, px:px + w] = np.round(mixed).clip(0, 255).astype(np.uint8)
+                        rows, cols = np.flatnonzero((alpha > 0.5).any(1)), np.flatnonzero((alpha > 0.5).any(0))
+                        box = np.array([px + cols[0], py + rows[0], px + cols[-1] + 1, py + rows[-1] + 1])
+                    occupied = np.vstack([occupied, placed[None]])  # the whole rectangle: its soft edges too
+                    added_boxes.append(placed if alpha is None else box)
                     added_labels.append(int(targets[j]["class_labels"][k]))
                     break
         if not added_boxes:

@@ -5,7 +5,11 @@
 ``--data`` is a COCO directory (``annotations.json`` next to the image paths it names) or the
 annotations file itself. Categories are matched to the model's labels by name, so a model and a
 dataset need not share id numbering; COCO category ids written by this project start at 1.
-Every query's top class is scored (no threshold), as in DETR's own evaluation.
+Detections are what each family's reference evaluation scores (no threshold): for DETR (softmax
+with "no object") every query with its best real class, as DETR's own evaluation does; for
+Conditional DETR (independent sigmoids) the image's 100 best (query, class) pairs, so a query whose
+second class is right still counts, as its own evaluation and transformers'
+``post_process_object_detection`` do.
 """
 
 from __future__ import annotations
@@ -87,16 +91,24 @@ def coco_metrics(ground_truth: dict, detections: list[dict]) -> Metrics:
                    ground_truth_boxes=len(document["annotations"]))
 
 
+MAX_DETECTIONS = 100  # per image: COCO's maxDets, and the pairs a sigmoid model's evaluation keeps
+
+
 def to_coco_results(image_id: int, outputs: QueryOutputs, category_by_label: dict[str, int]) -> list[dict]:
-    """Every query as a COCO result, labelled by its top class (queries of unknown classes dropped)."""
-    results = []
+    """One image's COCO results, as its family's reference evaluation makes them (module docstring):
+    a softmax model's queries with their top class, a sigmoid model's best ``MAX_DETECTIONS``
+    (query, class) pairs. Classes the dataset lacks are dropped first."""
     boxes = box_xyxy_to_xywh(outputs.boxes)
-    for query in range(outputs.num_queries):
-        label = outputs.labels[outputs.label_ids[query]]
-        if label in category_by_label:
-            results.append({"image_id": image_id, "category_id": category_by_label[label],
-                            "bbox": [round(float(v), 2) for v in boxes[query]], "score": float(outputs.scores[query])})
-    return results
+    known = [c for c, label in enumerate(outputs.labels) if label in category_by_label]
+    if outputs.probs.shape[1] == len(outputs.labels):  # sigmoid: no no-object column
+        scores = outputs.probs[:, known]
+        best = np.argsort(-scores, axis=None, kind="stable")[:MAX_DETECTIONS]
+        pairs = [(int(q), known[int(c)], float(scores[q, c])) for q, c in zip(*np.unravel_index(best, scores.shape))]
+    else:
+        pairs = [(q, int(outputs.label_ids[q]), float(outputs.scores[q])) for q in range(outputs.num_queries)
+                 if int(outputs.label_ids[q]) in known]
+    return [{"image_id": image_id, "category_id": category_by_label[outputs.labels[c]],
+             "bbox": [round(float(v), 2) for v in boxes[q]], "score": score} for q, c, score in pairs]
 
 
 def load_coco(path: str | Path) -> tuple[dict, Path]:

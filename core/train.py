@@ -68,6 +68,7 @@ class TrainConfig:
     hflip: float = 0.0  # probability of a horizontal flip per image
     copy_paste: float = 0.0  # probability per image of pasting objects of another image of the batch (core.copy_paste)
     copy_paste_objects: int = 3  # at most this many pasted per image
+    copy_paste_blend: bool = True  # cut objects out of a plain background instead of pasting their boxes whole
     one_to_many: int = 0  # H-DETR hybrid layers: repeat targets this often for early layers (0 = off)
     one_to_many_layers: int = 0
     class_weight: float | None = None  # None: the model family's (DETR 1, Conditional DETR 2)
@@ -195,7 +196,8 @@ def epoch_batches(size: int, epoch: int, config: TrainConfig, rank: int, world: 
 def _augment(images: list[np.ndarray], targets: list[dict], config: TrainConfig, sizes: tuple[int, int],
              rng: np.random.Generator):
     if config.copy_paste > 0:  # off by default, so the draws below (and resumed runs) stay as they were
-        images, targets = copy_paste(images, targets, rng, config.copy_paste, config.copy_paste_objects)
+        images, targets = copy_paste(images, targets, rng, config.copy_paste, config.copy_paste_objects,
+                                     config.copy_paste_blend)
     if config.hflip > 0:
         for i in range(len(images)):
             if rng.random() < config.hflip:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from core.evaluate import coco_metrics, load_coco, main
+from core.evaluate import MAX_DETECTIONS, coco_metrics, load_coco, main, to_coco_results
+from core.inference import QueryOutputs
 from datasets.shapes import write_coco
 
 
@@ -63,3 +65,34 @@ def test_cli_bad_data(tmp_path, tiny_detr_dir, capsys):
     assert main(["--model", str(tiny_detr_dir), "--data", str(tmp_path)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
     assert main(["--model", str(tiny_detr_dir), "--data", str(tmp_path / "nothing")]) == 2
+
+
+def query_outputs(probs: np.ndarray, labels: list[str]) -> QueryOutputs:
+    """Hand-made outputs: query i's box is [10 i, 0, 10 i + 5, 5]."""
+    real = probs[:, :len(labels)]
+    boxes = np.array([[10.0 * i, 0, 10.0 * i + 5, 5] for i in range(len(probs))])
+    return QueryOutputs(probs=probs, boxes=boxes, label_ids=real.argmax(1), scores=real.max(1),
+                        no_object=np.zeros(len(probs)), labels=labels, image_size=(640, 480))
+
+
+def test_sigmoid_models_are_scored_on_their_best_query_class_pairs():
+    # Conditional DETR's reference evaluation: the image's best (query, class) pairs, so query 0's second
+    # class (star, 0.6) is a detection too, ranked above query 1's only class.
+    probs = np.array([[0.1, 0.7, 0.6], [0.5, 0.0, 0.0]])
+    results = to_coco_results(7, query_outputs(probs, ["circle", "triangle", "star"]),
+                              {"circle": 1, "triangle": 2, "star": 3})
+    assert [(r["category_id"], r["score"], r["bbox"][0]) for r in results] == [
+        (2, 0.7, 0.0), (3, 0.6, 0.0), (1, 0.5, 10.0), (1, 0.1, 0.0), (2, 0.0, 10.0), (3, 0.0, 10.0)]
+    # classes the dataset lacks are dropped before choosing; at most MAX_DETECTIONS pairs per image
+    only_circle = to_coco_results(7, query_outputs(probs, ["circle", "triangle", "star"]), {"circle": 1})
+    assert [(r["score"], r["bbox"][0]) for r in only_circle] == [(0.5, 10.0), (0.1, 0.0)]
+    many = query_outputs(np.random.default_rng(0).random((100, 4)), ["a", "b", "c", "d"])
+    assert len(to_coco_results(1, many, {"a": 1, "b": 2, "c": 3, "d": 4})) == MAX_DETECTIONS
+
+
+def test_softmax_models_are_scored_on_each_querys_top_class():
+    # DETR's reference evaluation: every query once, with its best real class (last column: no object).
+    probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]])
+    results = to_coco_results(3, query_outputs(probs, ["circle", "star"]), {"circle": 1, "star": 2})
+    assert [(r["category_id"], r["score"], r["bbox"][0]) for r in results] == [(1, 0.5, 0.0), (2, 0.2, 10.0)]
+    assert [r["category_id"] for r in to_coco_results(3, query_outputs(probs, ["circle", "star"]), {"star": 2})] == [2]

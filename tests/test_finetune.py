@@ -270,3 +270,19 @@ def test_the_best_epoch_is_chosen_on_validation_ap_averaged_over_recent_epochs()
     # a one-epoch swing (epoch 1) does not outrank the settled epochs after it
     scores = [smoothed_ap(history[: e + 1], 3) for e in range(len(history))]
     assert max(range(len(scores)), key=scores.__getitem__) == 5
+
+
+def test_the_kept_epoch_is_the_latest_within_tolerance_of_the_best_score():
+    from training.job import next_kept
+
+    best, kept = {"ap": -1.0, "epoch": -1}, []
+    scores = [0.50, 0.70, 0.695, 0.62, 0.692, 0.75, 0.745, 0.70]
+    for epoch, score in enumerate(scores):
+        best, keep = next_kept(best, epoch, ap=score + 0.001, score=score, tolerance=0.01)
+        kept += [epoch] if keep else []
+    # 2 and 4 are within 0.01 of the top when scored (0.70); 3 and 7 are not; 5 raises the top, 6 ties it
+    assert kept == [0, 1, 2, 4, 5, 6]
+    assert best == {"ap": 0.746, "score": 0.745, "epoch": 6, "top": 0.75, "top_epoch": 5}
+    # tolerance 0: a later epoch that ties the top is kept, as validation cannot tell them apart
+    best, keep = next_kept({"ap": 0.7, "score": 0.7, "epoch": 3}, 4, ap=0.7, score=0.7, tolerance=0.0)
+    assert keep and best["epoch"] == 4 and best["top_epoch"] == 3

@@ -20,11 +20,13 @@ def finetune_training() -> TrainConfig:
     The decoder's last layer and the class and box heads train, distilled from the base model
     (`FinetuneConfig.distill`): with tens of reviewed images that learned a new class best and
     forgot least. The box head learns at a tenth of the rate (at the full rate it overfits the few
-    reviewed boxes and every class's AP75 falls), and copy-paste shows it more views. ``epochs`` is
-    an upper bound; early stopping may end sooner.
+    reviewed boxes and every class's AP75 falls). Copy-paste shows it more views: every image gets up
+    to 10 objects of another, cut out of their background where it is plain (`core.copy_paste`).
+    ``epochs`` is an upper bound; early stopping may end sooner.
     """
     return TrainConfig(epochs=150, batch_size=8, trainable="last_layer", lr=1e-3, lr_backbone=2e-5, box_lr_scale=0.1,
-                       schedule="cosine", hflip=0.5, scale_jitter=(0.875, 1.0, 1.125), copy_paste=0.5, log_every=5)
+                       schedule="cosine", hflip=0.5, scale_jitter=(0.875, 1.0, 1.125), copy_paste=1.0,
+                       copy_paste_objects=10, log_every=5)
 
 
 @dataclass
@@ -35,7 +37,8 @@ class FinetuneConfig:
     # One-to-many training branches, dropped when training ends: not with trainable "heads" or "last_layer".
     hybrid: HybridConfig = field(default_factory=HybridConfig)
     patience: int = 80  # epochs without a better (smoothed) validation AP before stopping
-    smooth: int = 5  # the best epoch is the one whose validation AP averaged with the epochs before it is highest
+    smooth: int = 5  # an epoch's score: its validation AP averaged with the epochs before it
+    tolerance: float = 0.01  # the epoch kept is the latest whose score is within this of the best so far
     val_fraction: float = 0.2
     # Weight of query-index distillation from the frozen base model (core.distill); 0: off. With "heads" or
     # "last_layer" training the teacher shares the student's frozen trunk and costs little.

@@ -246,12 +246,12 @@ def run_chunk(
         job["history"] = [h for h in job["history"] if h["epoch"] != epoch] + [{"epoch": epoch, "val_AP": metrics.AP}]
         if on_epoch is not None:
             on_epoch(job["history"][-1])
-        score = smoothed_ap(job["history"], config.smooth)
-        if score > job["best"].get("score", job["best"]["ap"]):
+        job["best"], keep = next_kept(job["best"], epoch, metrics.AP, smoothed_ap(job["history"], config.smooth),
+                                      config.tolerance)
+        if keep:
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, work_dir / BEST_FILE)
-            job["best"] = {"ap": metrics.AP, "score": score, "epoch": epoch}
         write_json(work_dir / JOB_FILE, job)
-        return epoch - job["best"]["epoch"] >= config.patience  # no better epoch for `patience` epochs: stop
+        return epoch - job["best"]["top_epoch"] >= config.patience  # no better epoch for `patience` epochs: stop
 
     left_s = None if budget_s is None else max(budget_s - (clock() - chunk_start), 0.0)
     reserve_s = job.get("validation_s", 0.0) + job.get("checkpoint_s", CHECKPOINT_GUESS_S)
@@ -286,6 +286,22 @@ def smoothed_ap(history: list[dict], window: int) -> float:
     forgetting than the settled epochs after it); ``window`` 1 is the epoch's own AP."""
     recent = [entry["val_AP"] for entry in history[-max(window, 1):]]
     return sum(recent) / len(recent)
+
+
+def next_kept(best: dict, epoch: int, ap: float, score: float, tolerance: float) -> tuple[dict, bool]:
+    """After scoring ``epoch`` (validation ``ap``, smoothed ``score``): the new ``best`` record and
+    whether this epoch becomes the kept one. ``best["top"]`` is the highest smoothed AP so far (epoch
+    ``top_epoch``, what patience counts from); the kept epoch is the latest whose score is within
+    ``tolerance`` of the top when it was scored. Validation cannot tell such epochs apart, and the
+    later one has trained longer at a lower learning rate: on the star check the early ones were the
+    ones that forgot (docs/fine-tuning.md)."""
+    top = best.get("top", best.get("score", best["ap"]))
+    top_epoch = best.get("top_epoch", best["epoch"])
+    if score > top:
+        top, top_epoch = score, epoch
+    if score < top - tolerance:
+        return {**best, "top": top, "top_epoch": top_epoch}, False
+    return {"ap": ap, "score": score, "epoch": epoch, "top": top, "top_epoch": top_epoch}, True
 
 
 def forgotten_classes(before: Metrics, after: Metrics, old_labels: list[str],
