@@ -10,7 +10,6 @@ import torch
 
 from core.boxes import box_cxcywhn_to_xyxy, box_xyxy_to_cxcywhn
 from core.copy_paste import copy_paste, object_alpha
-from datasets.shapes import ShapesSpec, generate_sample, to_target
 
 
 def batch(seed: int, size: int = 4):
