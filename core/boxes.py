@@ -144,3 +144,12 @@ def clip_boxes_xyxy(boxes: torch.Tensor, width: float, height: float) -> torch.T
     x = boxes[..., 0::2].clamp(0, width)
     y = boxes[..., 1::2].clamp(0, height)
     return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
+
+
+def box_mask_to_xyxy(mask: np.ndarray) -> np.ndarray | None:
+    """The tight xyxy pixel box ``[4]`` (int; x2, y2 exclusive) of a ``[H, W]`` bool mask, or None
+    when the mask is empty."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return None
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from core.boxes import box_cxcywhn_to_xyxy, box_xyxy_to_cxcywhn
+from core.boxes import box_cxcywhn_to_xyxy, box_mask_to_xyxy, box_xyxy_to_cxcywhn
 
 PLACEMENT_TRIES = 20  # random positions tried per object before it is skipped
 BORDER_INLIER = 30.0  # RGB distance from the border's colour plane within which a border pixel is background
@@ -30,9 +30,8 @@ PLAIN_BORDER = 0.5  # at least this share of the border must be background ...
 BORDER_NOISE = 15.0  # ... with at most this RMS distance from the plane, or the object is pasted as its rectangle
 
 
-def _plane(points: np.ndarray, colours: np.ndarray) -> np.ndarray:
-    """Least-squares colour plane ``[3, 3]`` through ``colours [N, 3]`` at ``points [N, 2]`` (x, y)."""
-    design = np.column_stack([np.ones(len(points)), points])
+def _plane(design: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Least-squares colour plane ``[3, 3]`` through ``colours [N, 3]`` at ``design [N, 3]`` rows (1, x, y)."""
     return np.linalg.lstsq(design, colours, rcond=None)[0]
 
 
@@ -45,17 +44,16 @@ def object_alpha(crop: np.ndarray) -> np.ndarray | None:
     pixels = crop.astype(np.float64)
     ys, xs = np.mgrid[0:height, 0:width]
     ring = (ys == 0) | (ys == height - 1) | (xs == 0) | (xs == width - 1)
-    points, colours = np.column_stack([xs[ring], ys[ring]]), pixels[ring]
-    design = np.column_stack([np.ones(len(points)), points])
-    fitted = np.ones(len(points), dtype=bool)
+    grid = np.stack([np.ones_like(xs), xs, ys], -1).astype(np.float64)  # (1, x, y) per pixel
+    design, colours = grid[ring], pixels[ring]
+    fitted = np.ones(len(design), dtype=bool)
     for _ in range(TRIM_ROUNDS):  # trimmed least squares: the object covers part of the ring (an edge, a few tips)
-        residual = np.linalg.norm(colours - design @ _plane(points[fitted], colours[fitted]), axis=1)
+        residual = np.linalg.norm(colours - design @ _plane(design[fitted], colours[fitted]), axis=1)
         fitted = residual <= np.quantile(residual, 0.5)
     inliers = residual < BORDER_INLIER
     if inliers.mean() < PLAIN_BORDER:  # e.g. an upright square fills its box: the rectangle is the object
         return None
-    coefficients = _plane(points[inliers], colours[inliers])
-    background = np.stack([np.ones_like(xs), xs, ys], -1).astype(np.float64) @ coefficients
+    background = grid @ _plane(design[inliers], colours[inliers])
     distance = np.linalg.norm(pixels - background, axis=-1)
     noise = float(np.sqrt(np.mean(distance[ring][inliers] ** 2)))
     if noise > BORDER_NOISE:
@@ -66,8 +64,8 @@ def object_alpha(crop: np.ndarray) -> np.ndarray | None:
     if count == 0:
         return None
     largest = parts == (np.argmax(np.bincount(parts.ravel())[1:]) + 1)
-    rows, cols = np.flatnonzero(largest.any(1)), np.flatnonzero(largest.any(0))
-    if rows[-1] - rows[0] + 1 < 0.8 * height or cols[-1] - cols[0] + 1 < 0.8 * width:
+    x0, y0, x1, y1 = box_mask_to_xyxy(largest)
+    if y1 - y0 < 0.8 * height or x1 - x0 < 0.8 * width:
         return None  # what was found does not fill the box: not this object alone
     return alpha * ndimage.binary_dilation(largest)
 
@@ -127,8 +125,7 @@ def copy_paste(images: list[np.ndarray], targets: list[dict], rng: np.random.Gen
                         region = canvas[py:py + h, px:px + w].astype(np.float64)
                         mixed = alpha[..., None] * crop + (1 - alpha[..., None]) * region
                         canvas[py:py + h, px:px + w] = np.round(mixed).clip(0, 255).astype(np.uint8)
-                        rows, cols = np.flatnonzero((alpha > 0.5).any(1)), np.flatnonzero((alpha > 0.5).any(0))
-                        box = np.array([px + cols[0], py + rows[0], px + cols[-1] + 1, py + rows[-1] + 1])
+                        box = box_mask_to_xyxy(alpha > 0.5) + np.array([px, py, px, py])
                     occupied = np.vstack([occupied, placed[None]])  # the whole rectangle: its soft edges too
                     added_boxes.append(placed if alpha is None else box)
                     added_labels.append(int(targets[j]["class_labels"][k]))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from core.boxes import box_xyxy_to_cxcywh, box_xyxy_to_xywh
+from core.boxes import box_mask_to_xyxy, box_xyxy_to_cxcywh, box_xyxy_to_xywh
 
 BASE_CLASSES = ("circle", "square", "triangle")
 STAR = "star"
@@ -109,13 +109,6 @@ def _mask(kind: str, height: int, width: int, cx: float, cy: float, size: float,
     return np.asarray(canvas) > 0
 
 
-def _tight_box(mask: np.ndarray) -> np.ndarray | None:
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if rows.size == 0:
-        return None
-    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float32)
-
-
 def generate_sample(seed: int, spec: ShapesSpec | None = None) -> ShapesSample:
     """The image and objects for ``seed``: the same seed always gives the same sample."""
     spec = spec or ShapesSpec()
@@ -157,7 +150,7 @@ def generate_sample(seed: int, spec: ShapesSpec | None = None) -> ShapesSample:
     boxes, kept = [], []
     covered = np.zeros((height, width), dtype=bool)
     for index in range(len(masks) - 1, -1, -1):
-        box = _tight_box(masks[index] & ~covered)
+        box = box_mask_to_xyxy(masks[index] & ~covered)
         covered |= masks[index]
         if box is not None:
             boxes.append(box)

@@ -9,6 +9,7 @@ from core.boxes import (
     box_cxcywhn_hflip,
     box_cxcywhn_to_xyxy,
     box_iou,
+    box_mask_to_xyxy,
     box_xywh_to_xyxy,
     box_xywhn_to_xyxy,
     box_xyxy_centers,
@@ -126,3 +127,11 @@ def test_empty_pairwise():
 def test_clip():
     boxes = torch.tensor([[-5.0, 10.0, 700.0, 500.0]])
     assert clip_boxes_xyxy(boxes, 640, 480).tolist() == [[0.0, 10.0, 640.0, 480.0]]
+
+
+def test_the_tight_box_of_a_mask():
+    mask = np.zeros((10, 12), dtype=bool)
+    mask[2:5, 3] = True
+    mask[4, 3:9] = True
+    assert box_mask_to_xyxy(mask).tolist() == [3, 2, 9, 5]  # x2, y2 exclusive
+    assert box_mask_to_xyxy(np.zeros((4, 4), dtype=bool)) is None
