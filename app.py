@@ -17,11 +17,13 @@ except ImportError:
     pass
 
 from app.config import AppConfig
+from core.allocator import keep_freed_memory
 from datasets.database import configure_fiftyone
 
 
 def main() -> None:
     config = AppConfig.parse()
+    keep_freed_memory()  # CPU inference and fine-tunes reuse freed buffers (core.allocator)
     data_dir = config.resolved_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     where = configure_fiftyone(data_dir)  # before anything opens a FiftyOne connection

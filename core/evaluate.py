@@ -29,6 +29,7 @@ import numpy as np
 import supervision as sv
 from transformers.utils import logging as transformers_logging
 
+from core.allocator import keep_freed_memory
 from core.boxes import box_xyxy_to_xywh
 from core.flags import add_flags, from_flags
 from core.images import ImageError
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__.split("\n\n")[0])
     add_flags(parser, EvaluateOptions)
     args = from_flags(EvaluateOptions, parser.parse_args(argv))
+    keep_freed_memory()
     transformers_logging.disable_progress_bar()
     try:
         detector = load_detector_or_bundled(args.model, args.device)

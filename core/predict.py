@@ -26,6 +26,7 @@ from pathlib import Path
 from PIL import Image
 from transformers.utils import logging as transformers_logging
 
+from core.allocator import keep_freed_memory
 from core.annotate import annotate
 from core.engines import DEFAULT_ENGINE, ENGINES, attach_engine, default_cache_dir
 from core.flags import add_flags, from_flags
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     transformers_logging.disable_progress_bar()
     args = parse_args(argv)
+    keep_freed_memory()
     try:
         _validate(args)
         images = [load_image(path) for path in args.images]  # fail on a bad image before loading a model

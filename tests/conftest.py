@@ -31,6 +31,7 @@ _mongod: subprocess.Popen | None = None
 import torch  # noqa: E402
 from transformers import ConditionalDetrConfig, DetrConfig, ResNetConfig  # noqa: E402
 
+from core.allocator import keep_freed_memory  # noqa: E402
 from core.family import FAMILIES  # noqa: E402
 
 LABELS = ["circle", "square", "triangle"]
@@ -62,8 +63,10 @@ def start_mongod(dbpath: str | Path, port: int) -> subprocess.Popen:
 
 
 def pytest_configure(config):
-    """Start a throwaway MongoDB on a free local port for the whole run."""
+    """Start a throwaway MongoDB on a free local port for the whole run; keep freed memory as the
+    programs do (`core.allocator`), which spares the training tests much kernel time."""
     global _mongod
+    keep_freed_memory()
     port = free_port()
     _mongod = start_mongod(_THROWAWAY_DB, port)
     os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"

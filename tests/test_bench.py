@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"bench", "device", "ours", "baseline", "unit", "speedup", "parity"}
 
 
-@pytest.mark.parametrize("script", ["preprocess.py", "matcher.py", "detect_cpu.py", "inference_gpu.py", "train_step.py"])
+@pytest.mark.parametrize("script", ["preprocess.py", "matcher.py", "detect_cpu.py", "inference_gpu.py", "train_step.py",
+                                    "allocator.py"])
 def test_quick_run_prints_json_with_parity(script):
     run = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], capture_output=True, text=True,
                          timeout=300, cwd=ROOT)

@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.allocator import keep_freed_memory
+
 ARMS = {
     "baseline": {"method": "off"},
     "atss": {"method": "co-detr", "co_detr_lambda1": 0.0},
@@ -243,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     add_flags(parser, Experiment)
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "ARM", "SEED"), help=argparse.SUPPRESS)
     namespace = parser.parse_args(argv)
+    keep_freed_memory()
     args = from_flags(Experiment, namespace)
     torch.set_num_threads(args.threads)
     if namespace.one:

@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from core.allocator import keep_freed_memory
 from core.flags import add_flags, from_flags
 from core.hybrid import hybrid_setting_problem
 from core.loading import HubUnreachableError, ModelLoadError, resolve_model_dir
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None, help="app data directory (default as the app)")
     add_flags(parser, FinetuneConfig)
     args = parser.parse_args(argv)
+    keep_freed_memory()
     logging.basicConfig(level=logging.WARNING)
     try:
         data_dir = configure_for_dataset(args.dataset, args.data_dir)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from core.allocator import keep_freed_memory
 from core.evaluate import evaluate_model
 from core.flags import add_flags, from_flags
 from core.loading import BUNDLED_DIR, load_detector
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.recipe_probe", description=__doc__.split("\n\n")[0])
     add_flags(parser, Probe)
     probe = from_flags(Probe, parser.parse_args(argv))
+    keep_freed_memory()
     unknown = [arm for arm in probe.arms if arm not in ARMS]
     if unknown:
         parser.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")

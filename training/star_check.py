@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import supervision as sv
 
+from core.allocator import keep_freed_memory
 from core.evaluate import Metrics, evaluate_model
 from core.inference import predict
 from core.loading import load_detector
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: WORK/data); FIFTYONE_DATABASE_URI overrides")
     add_flags(parser, FinetuneConfig)
     args = parser.parse_args(argv)
+    keep_freed_memory()
     from datasets.database import configure_fiftyone
 
     configure_fiftyone(args.data_dir or args.work / "data")

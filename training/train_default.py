@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetection, ResNetConfig
 
+from core.allocator import keep_freed_memory
 from core.flags import add_flags, from_flags
 from core.loading import BUNDLED_DIR, DEFAULT_IMAGE_MEAN, DEFAULT_IMAGE_STD
 from core.train import Progress, TrainConfig, train
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.train_default", description=__doc__.split("\n\n")[0])
     add_flags(parser, Recipe)
     args = from_flags(Recipe, parser.parse_args(argv))
+    keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
