@@ -115,7 +115,8 @@ def start_finetune(state: AppState, base: str, epochs: int, lr: float, trainable
                 yield "Cancelled; no model version was written.", _plot(history, losses), [], gr.update()
                 return
             status = (f"**{result.version}** saved ({result.status}, best epoch {result.best_epoch}, "
-                      f"{result.seconds / 60:.1f} min). Validation AP {result.before.AP:.3f} → {result.after.AP:.3f}.")
+                      f"{result.seconds / 60:.1f} min). Validation AP {result.before.AP:.3f} → {result.after.AP:.3f}, "
+                      f"inference at {result.inference_size} px (chosen on validation).")
             if result.forgotten:
                 status += ("\n\n**Forgetting:** " + ", ".join(f"{name} {change:+.3f}" for name, change in
                                                              result.forgotten.items())

@@ -194,6 +194,11 @@ def test_shortened_end_to_end_learns_the_new_class(review_store, tmp_path):
     assert info["parent"] == "bundled" and set(info["train_ids"]).isdisjoint(info["val_ids"])
     assert len(info["train_ids"]) + len(info["val_ids"]) == 32
     assert info["metrics"]["before"]["per_class"]["star"] in (0.0, -1.0)
+    # the version runs at the inference size chosen on validation, one of the sizes tried (288 x 1, 1.125, 1.25)
+    chosen = info["inference_size"]
+    assert set(chosen["validation_ap"]) == {"288", "324", "360"} and result.inference_size == chosen["shortest_edge"]
+    assert chosen["validation_ap"][str(result.inference_size)] == pytest.approx(info["metrics"]["after"]["AP"], abs=1e-4)
+    assert load_detector(version.path).preprocess.shortest_edge == result.inference_size
     # 60 held-out images: with 24, one class's AP moved by up to ~0.2 between runs of the same training
     held_out = write_coco(tmp_path / "held_out", 60, 3_000_000, ShapesSpec(with_star=True))
     before = evaluate_model(load_detector("bundled"), held_out.parent)
@@ -270,6 +275,19 @@ def test_the_best_epoch_is_chosen_on_validation_ap_averaged_over_recent_epochs()
     # a one-epoch swing (epoch 1) does not outrank the settled epochs after it
     scores = [smoothed_ap(history[: e + 1], 3) for e in range(len(history))]
     assert max(range(len(scores)), key=scores.__getitem__) == 5
+
+
+@pytest.mark.parametrize("scores, chosen", [
+    ({288: 0.60, 324: 0.605, 360: 0.62}, 360),  # more pixels that earn more than the tolerance
+    ({288: 0.60, 324: 0.605, 360: 0.609}, 288),  # within 0.01 of the best: the smallest (fastest) wins
+    ({288: 0.60, 324: 0.62, 360: 0.625}, 324),  # the smallest of those near the best, not the best itself
+    ({288: 0.70, 324: 0.65, 360: 0.60}, 288),  # larger is worse
+    ({288: 0.50}, 288),  # one size tried (inference_scales=(1.0,))
+])
+def test_the_inference_size_is_the_smallest_within_tolerance_of_the_best(scores, chosen):
+    from training.job import inference_size
+
+    assert inference_size(scores, tolerance=0.01) == chosen
 
 
 def test_the_kept_epoch_is_the_latest_within_tolerance_of_the_best_score():

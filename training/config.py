@@ -39,6 +39,10 @@ class FinetuneConfig:
     patience: int = 80  # epochs without a better (smoothed) validation AP before stopping
     smooth: int = 5  # an epoch's score: its validation AP averaged with the epochs before it
     tolerance: float = 0.01  # the epoch kept is the latest whose score is within this of the best so far
+    # The new version's inference size: the kept epoch is scored on the validation split at these multiples of the
+    # training size and the version keeps the smallest within `tolerance` of the best (a new class with fine detail,
+    # like a star's points, can need more pixels than the base model's classes did). (1.0,): the training size.
+    inference_scales: tuple[float, ...] = (1.0, 1.125, 1.25)
     val_fraction: float = 0.2
     # Weight of query-index distillation from the frozen base model (core.distill); 0: off. With "heads" or
     # "last_layer" training the teacher shares the student's frozen trunk and costs little.

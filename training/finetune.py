@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bar.close()
     print(f"{result.status} in {result.seconds / 60:.1f} min; best epoch {result.best_epoch}; "
-          f"{len(result.train_ids)} training and {len(result.val_ids)} validation samples")
+          f"{len(result.train_ids)} training and {len(result.val_ids)} validation samples; inference at "
+          f"{result.inference_size} px (chosen on validation)")
     print(f"{'class':<14}{'AP before':>10}{'AP after':>10}{'change':>8}")
     for name, before, after, change in per_class_table(result):
         print(f"{name:<14}{before!s:>10}{after!s:>10}{change!s:>8}")

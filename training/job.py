@@ -71,6 +71,7 @@ class FinetuneResult:
     train_ids: list[str] = field(default_factory=list)
     val_ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    inference_size: int | None = None  # the new version's shortest edge, chosen on validation (`score_best`)
 
 
 class ReviewedDataset(torch.utils.data.Dataset):
@@ -324,18 +325,32 @@ def _best_detector(job: dict, work_dir: Path, device: str | None = None) -> Dete
     return detector
 
 
+def inference_size(scores: dict[int, float], tolerance: float) -> int:
+    """The smallest shortest edge whose validation AP is within ``tolerance`` of the best of ``scores``
+    (shortest edge -> AP): more pixels cost time on every image, so they must earn it."""
+    best = max(scores.values())
+    return min(size for size, ap in scores.items() if ap >= best - tolerance)
+
+
 def score_best(work_dir: Path) -> dict:
-    """Validation metrics (`Metrics` as a dict) of the job's best epoch. Reads only files: on ZeroGPU
-    it runs in the GPU worker, and `finish` writes the version in the main process."""
+    """The job's best epoch scored on the validation split at each of `FinetuneConfig.inference_scales`
+    of the training size: ``{"size": the chosen shortest edge, "metrics": its `Metrics` as a dict,
+    "scores": {size: AP}}``. Reads only files: on ZeroGPU it runs in the GPU worker, and `finish`
+    writes the version in the main process."""
     work_dir = Path(work_dir)
     job = read_job(work_dir)
-    return asdict(_evaluate(_best_detector(job, work_dir), _samples(job["val"]), job["labels"], job["size"]))
+    config, detector, val = job_config(job), _best_detector(job, work_dir), _samples(job["val"])
+    sizes = sorted({max(32, round(job["size"] * scale)) for scale in config.inference_scales or (1.0,)})
+    metrics = {size: _evaluate(detector, val, job["labels"], size) for size in sizes}
+    size = inference_size({size: m.AP for size, m in metrics.items()}, config.tolerance)
+    return {"size": size, "metrics": asdict(metrics[size]), "scores": {str(s): round(m.AP, 4) for s, m in metrics.items()}}
 
 
 def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | None = None,
            after: dict | None = None) -> FinetuneResult:
-    """Write the job's best epoch as a new registry version (or to ``out_dir``), with its validation
-    metrics ``after`` (from `score_best`; scored here when not given)."""
+    """Write the job's best epoch as a new registry version (or to ``out_dir``) at the inference size
+    `score_best` chose, with its validation metrics (``after``, from `score_best`; scored here when
+    not given)."""
     work_dir = Path(work_dir)
     job = read_job(work_dir)
     if job["status"] == "registered":
@@ -348,15 +363,19 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
         if out_dir.exists() and any(out_dir.iterdir()):
             raise FinetuneError(f"{out_dir} is not empty; choose a new folder so nothing is overwritten.")
     config, labels = job_config(job), job["labels"]
-    after = Metrics(**(after if after is not None else score_best(work_dir)))
-    model = _best_detector(job, work_dir, device="cpu").model  # only saved from here
+    scored = after if after is not None else score_best(work_dir)
+    after, size = Metrics(**scored["metrics"]), int(scored["size"])
+    longest = max(size, round(job["longest"] * size / job["size"]))
+    best = _best_detector(job, work_dir, device="cpu")  # only saved from here
+    model, base_preprocess = best.model, best.preprocess
     train_set, val_set = _samples(job["train"]), _samples(job["val"])
     before = Metrics(**job["before"])
     outcome = FinetuneResult(status=job["status"], labels=labels, before=before, after=after,
                              best_epoch=job["best"]["epoch"], history=job["history"],
                              train_ids=[s.sample_id for s in train_set], val_ids=[s.sample_id for s in val_set],
                              seconds=job["seconds"], forgotten=forgotten_classes(before, after,
-                                                                                 job.get("base_labels", labels)))
+                                                                                 job.get("base_labels", labels)),
+                             inference_size=size)
     info = {
         "parent": job["base"], "labels": labels, "kind": job["kind"], "dataset": job["dataset"], "status": job["status"],
         "steps": job["steps"], "best_epoch": job["best"]["epoch"], "seconds": round(job["seconds"], 1),
@@ -364,6 +383,8 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
         "metrics": {"before": asdict(before), "after": asdict(after)},
         # shown before anyone switches to the version: old classes it got worse at
         "forgetting": {"limit": FORGETTING_LIMIT, "classes": outcome.forgotten},
+        # the shortest edge the version runs at, chosen on the validation split (AP at each size tried)
+        "inference_size": {"shortest_edge": size, "longest_edge": longest, "validation_ap": scored["scores"]},
         "split": {"rule": RULE, "val_fraction": config.val_fraction},
         "train_ids": outcome.train_ids, "val_ids": outcome.val_ids,
         "replay_ids": [r["sample_id"] for r in job.get("replay", [])],
@@ -372,8 +393,10 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
     def write(directory: Path) -> None:
         model.save_pretrained(directory)
         processor = Path(job["base_dir"]) / "preprocessor_config.json"
-        if processor.is_file():
-            (directory / "preprocessor_config.json").write_text(processor.read_text())
+        document = json.loads(processor.read_text()) if processor.is_file() else {
+            "image_mean": list(base_preprocess.image_mean), "image_std": list(base_preprocess.image_std)}
+        document["size"] = {"shortest_edge": size, "longest_edge": longest}
+        (directory / "preprocessor_config.json").write_text(json.dumps(document, indent=1))
 
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """End-to-end check that fine-tuning on reviewed data teaches the bundled model a new class.
 
-    python -m training.star_check [--reviewed 60] [--held-out 100] [--work data/star_check]
+    python -m training.star_check [--reviewed 60] [--held-out 100] [--work data/star_check] [--base bundled]
                                   [--review-seed 2000000] [--held-out-seed 3000000] [--unreviewed 0]
 
 1. Generates ``--reviewed`` shapes images in which ``star`` appears (seeds from 2,000,000, used
@@ -44,15 +44,16 @@ REVIEW_FIRST_SEED, HELD_OUT_FIRST_SEED = 2_000_000, 3_000_000
 UNREVIEWED_OFFSET = 500_000  # unreviewed images' seeds start this far after the reviewed ones
 
 
-def build_review_dataset(store, count: int, first_seed: int = REVIEW_FIRST_SEED, unreviewed: int = 0) -> list[str]:
-    """Add ``count`` star-domain images with the bundled model's predictions and save their truth;
+def build_review_dataset(store, count: int, first_seed: int = REVIEW_FIRST_SEED, unreviewed: int = 0,
+                         base: str = "bundled") -> list[str]:
+    """Add ``count`` star-domain images with the ``base`` model's predictions and save their truth;
     then ``unreviewed`` more with predictions only. Returns the reviewed ids."""
     spec = ShapesSpec(with_star=True)
-    detector = load_detector("bundled")
+    detector = load_detector(base)
 
     def add(sample) -> str:
         predictions = predict(detector, [sample.image])[0].to_detections(0.05)
-        return store.add_image(sample.image, predictions, model_version="bundled", labels=detector.labels)
+        return store.add_image(sample.image, predictions, model_version=base, labels=detector.labels)
 
     for seed in range(first_seed + UNREVIEWED_OFFSET, first_seed + UNREVIEWED_OFFSET + unreviewed):
         add(generate_sample(seed, spec))
@@ -68,8 +69,8 @@ def build_review_dataset(store, count: int, first_seed: int = REVIEW_FIRST_SEED,
 
 
 def run(reviewed: int, held_out: int, work: Path, config: FinetuneConfig, dataset_name: str | None = None,
-        review_seed: int = REVIEW_FIRST_SEED, held_out_seed: int = HELD_OUT_FIRST_SEED, unreviewed: int = 0
-        ) -> tuple[FinetuneResult, Metrics, Metrics]:
+        review_seed: int = REVIEW_FIRST_SEED, held_out_seed: int = HELD_OUT_FIRST_SEED, unreviewed: int = 0,
+        base: str = "bundled") -> tuple[FinetuneResult, Metrics, Metrics]:
     """Steps 1-3; returns the fine-tune result and the held-out metrics before and after."""
     from datasets.review import ReviewStore
 
@@ -77,15 +78,15 @@ def run(reviewed: int, held_out: int, work: Path, config: FinetuneConfig, datase
     shutil.rmtree(work / "model", ignore_errors=True)
     store = ReviewStore.open(dataset_name or f"star-check-{uuid.uuid4().hex[:8]}", work / "data")
     try:
-        build_review_dataset(store, reviewed, review_seed, unreviewed)
-        result = finetune(store.dataset, "bundled", config, out_dir=work / "model")
+        build_review_dataset(store, reviewed, review_seed, unreviewed, base)
+        result = finetune(store.dataset, base, config, out_dir=work / "model")
     finally:
         if dataset_name is None:
             store.dataset.delete()
     held_out_dir = work / f"held_out-{held_out_seed}-{held_out}"
     if not (held_out_dir / "annotations.json").is_file():
         write_coco(held_out_dir, held_out, held_out_seed, ShapesSpec(with_star=True))
-    before = evaluate_model(load_detector("bundled"), held_out_dir)
+    before = evaluate_model(load_detector(base), held_out_dir)
     after = evaluate_model(load_detector(work / "model"), held_out_dir)
     return result, before, after
 
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                         "images (another seed set: fresh data nobody chose settings on)")
     parser.add_argument("--held-out-seed", type=int, default=HELD_OUT_FIRST_SEED, help="first seed of the held-out "
                         "images")
+    parser.add_argument("--base", default="bundled", help="the model fine-tuned (a folder or hub id; default: "
+                        "the bundled model)")
     parser.add_argument("--unreviewed", type=int, default=0, help="star-domain images added without review "
                         "(predictions only), for --replay")
     parser.add_argument("--data-dir", type=Path, default=None, help="where FiftyOne's database lives "
@@ -112,12 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     config = from_flags(FinetuneConfig, args)
     started = time.perf_counter()
     result, before, after = run(args.reviewed, args.held_out, args.work, config, review_seed=args.review_seed,
-                                held_out_seed=args.held_out_seed, unreviewed=args.unreviewed)
+                                held_out_seed=args.held_out_seed, unreviewed=args.unreviewed, base=args.base)
     minutes = (time.perf_counter() - started) / 60
-    print(f"fine-tune: {result.status}, best epoch {result.best_epoch}, {result.seconds / 60:.1f} min "
+    print(f"fine-tune: {result.status}, best epoch {result.best_epoch}, inference at {result.inference_size} px, "
+          f"{result.seconds / 60:.1f} min "
           f"({len(result.train_ids)} train / {len(result.val_ids)} validation); whole check {minutes:.1f} min")
     print(f"reviewed seeds from {args.review_seed}, held-out seeds from {args.held_out_seed}")
-    print(f"held-out AP on {args.held_out} images | before (bundled) | after | change")
+    print(f"held-out AP on {args.held_out} images | before ({args.base}) | after | change")
     print("--- | --- | --- | ---")
     for name in ["AP", *after.per_class]:
         b = before.AP if name == "AP" else before.per_class.get(name, 0.0)
