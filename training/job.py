@@ -4,7 +4,8 @@
   samples and split them): scores the base model on the validation part and writes ``job.json``;
 - `run_chunk` (the GPU part; on a ZeroGPU Space inside ``@spaces.GPU``): trains from the job's
   last checkpoint until it ends or a time budget is used up; touches only the job folder;
-- `finish`: scores the best epoch and writes it as a registry version (or a folder).
+- `finish`: scores the best epoch on validation at a few inference sizes (`score_best`) and writes
+  it as a registry version (or a folder) at the size chosen.
 
 `continue_job` runs the chunks to the end and finishes; after a restart it picks an interrupted
 job up from its last checkpoint.
