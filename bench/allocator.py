@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,17 +43,13 @@ def worker(arm: str, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     from core.inference import predict
     from core.loading import load_detector
-    from core.train import TrainConfig, train
+    from core.train import train
     from datasets.shapes import ShapesDataset, ShapesSpec
     from training.config import finetune_training
 
     detector = load_detector("bundled", device="cpu")
     dataset = ShapesDataset(32, 2_000_000, ShapesSpec(with_star=False))
-    defaults = finetune_training()
-    config = TrainConfig(epochs=100, max_steps=steps + 2, batch_size=defaults.batch_size, trainable=defaults.trainable,
-                         lr=defaults.lr, box_lr_scale=defaults.box_lr_scale, hflip=defaults.hflip,
-                         scale_jitter=defaults.scale_jitter, copy_paste=defaults.copy_paste,
-                         copy_paste_objects=defaults.copy_paste_objects, log_every=1)
+    config = replace(finetune_training(), max_steps=steps + 2, log_every=1)  # the fine-tune's own settings
     stamps: list[float] = []
     result = train(detector.model, dataset, config, detector.preprocess, detector.labels,
                    progress=lambda progress: stamps.append(time.perf_counter()))
