@@ -18,9 +18,10 @@ import matplotlib.pyplot as plt
 from core.flags import with_flags
 from core.train import FROZEN_TRUNK
 from datasets.review import reviewed_samples
+from training.choices import FORGETTING_LIMIT
 from training.config import FinetuneConfig
 from training.finetune import config_problem, finetune, per_class_table
-from training.job import FORGETTING_LIMIT, FinetuneError, continue_job, unfinished_job
+from training.job import FinetuneError, continue_job, unfinished_job
 from training.registry import RegistryError
 
 if TYPE_CHECKING:

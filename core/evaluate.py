@@ -150,16 +150,18 @@ def evaluate_model(detector: Detector, data: str | Path, shortest_edge: int | No
 
 
 def evaluate_images(detector: Detector, images: Sequence, truths: Sequence[sv.Detections], labels: list[str],
-                    shortest_edge: int | None = None, batch_size: int = 8) -> Metrics:
+                    shortest_edge: int | None = None, batch_size: int = 8, longest_edge: int | None = None) -> Metrics:
     """COCO AP of ``detector`` on ``images`` (paths or arrays) against ``truths`` (pixel boxes with
-    ``data["class_name"]``), with ``labels`` as the categories in this order (ids from 1)."""
+    ``data["class_name"]``), with ``labels`` as the categories in this order (ids from 1); images
+    resized as `core.preprocess.preprocess` does with ``shortest_edge`` / ``longest_edge``."""
     if len(images) != len(truths):
         raise ValueError(f"got {len(images)} images and {len(truths)} sets of boxes; give one per image.")
     category = {name: i + 1 for i, name in enumerate(labels)}
     document = {"images": [], "annotations": [],
                 "categories": [{"id": i, "name": name} for name, i in category.items()]}
     results: list[dict] = []
-    outputs = predict(detector, list(images), shortest_edge=shortest_edge, batch_size=batch_size)
+    outputs = predict(detector, list(images), shortest_edge=shortest_edge, longest_edge=longest_edge,
+                      batch_size=batch_size)
     for image_id, (out, truth) in enumerate(zip(outputs, truths), 1):
         width, height = out.image_size
         document["images"].append({"id": image_id, "file_name": str(image_id), "width": width, "height": height})

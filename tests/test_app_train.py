@@ -160,7 +160,7 @@ def test_forgetting_is_flagged_in_the_result_the_version_and_the_versions_table(
 ])
 def test_forgotten_classes(before, after, flagged):
     from core.evaluate import Metrics
-    from training.job import forgotten_classes
+    from training.choices import forgotten_classes
 
     def metrics(per_class):
         return Metrics(0.5, 0.5, 0.5, 0.5, 0.5, 0.5, per_class=per_class)

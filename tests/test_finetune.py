@@ -267,7 +267,7 @@ def test_a_fine_tune_with_distillation_and_copy_paste_runs_to_a_version(review_s
 
 
 def test_the_best_epoch_is_chosen_on_validation_ap_averaged_over_recent_epochs():
-    from training.job import smoothed_ap
+    from training.choices import smoothed_ap
 
     history = [{"epoch": e, "val_AP": ap} for e, ap in enumerate([0.5, 0.7, 0.52, 0.6, 0.61, 0.62])]
     assert smoothed_ap(history[:2], 1) == 0.7  # window 1: the epoch's own AP
@@ -285,13 +285,13 @@ def test_the_best_epoch_is_chosen_on_validation_ap_averaged_over_recent_epochs()
     ({288: 0.50}, 288),  # one size tried (inference_scales=(1.0,))
 ])
 def test_the_inference_size_is_the_smallest_within_tolerance_of_the_best(scores, chosen):
-    from training.job import inference_size
+    from training.choices import inference_size
 
     assert inference_size(scores, tolerance=0.01) == chosen
 
 
 def test_the_kept_epoch_is_the_latest_within_tolerance_of_the_best_score():
-    from training.job import next_kept
+    from training.choices import next_kept
 
     best, kept = {"ap": -1.0, "epoch": -1}, []
     scores = [0.50, 0.70, 0.695, 0.62, 0.692, 0.75, 0.745, 0.70]

@@ -37,8 +37,9 @@ from core.loading import HubUnreachableError, ModelLoadError, resolve_model_dir
 from core.train import Progress, trainable_problem
 from datasets.labels import ReviewError
 from datasets.review import reviewed_samples, unreviewed_samples
+from training.choices import FORGETTING_LIMIT
 from training.config import FinetuneConfig
-from training.job import FORGETTING_LIMIT, SCORING_S, FinetuneError, FinetuneResult, GpuCall, continue_job, create_job, run_here
+from training.job import SCORING_S, FinetuneError, FinetuneResult, GpuCall, continue_job, create_job, run_here
 from training.registry import Registry
 from training.split import validation_ids
 

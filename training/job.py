@@ -7,6 +7,8 @@
 - `finish`: scores the best epoch on validation at a few inference sizes (`score_best`) and writes
   it as a registry version (or a folder) at the size chosen.
 
+What validation decides (the epoch kept, stopping, the size, forgetting) is in `training.choices`.
+
 `continue_job` runs the chunks to the end and finishes; after a restart it picks an interrupted
 job up from its last checkpoint.
 
@@ -44,12 +46,12 @@ from core.images import load_image
 from core.loading import Detector, VersionDir, load_detector_or_bundled
 from core.train import FROZEN_TRUNK, Progress, train
 from datasets.review import ReviewedSample
+from training.choices import FORGETTING_LIMIT, forgotten_classes, inference_size, next_kept, smoothed_ap
 from training.config import FinetuneConfig
 from training.registry import Registry
 from training.split import RULE
 
 JOB_FILE, BEST_FILE, CHECKPOINTS = "job.json", "best.safetensors", "checkpoints"
-FORGETTING_LIMIT = 0.05  # an old class whose validation AP falls by more than this is flagged as forgotten
 CHECKPOINT_GUESS_S = 2.0  # kept free for the pause's checkpoint until one has been timed
 DONE = ("finished", "stopped_early")
 
@@ -140,8 +142,16 @@ def _samples(records: list[dict]) -> list[ReviewedSample]:
             for r in records]
 
 
-def _evaluate(detector: Detector, samples: list[ReviewedSample], labels: list[str], size: int) -> Metrics:
-    return evaluate_images(detector, [s.filepath for s in samples], [s.truth for s in samples], labels, size)
+def _evaluate(detector: Detector, samples: list[ReviewedSample], labels: list[str], size: int,
+              longest: int) -> Metrics:
+    return evaluate_images(detector, [s.filepath for s in samples], [s.truth for s in samples], labels, size,
+                           longest_edge=longest)
+
+
+def longest_edge(job: dict, size: int) -> int:
+    """The longest edge that goes with shortest edge ``size`` for this job: the training pair's ratio
+    (what validation, the inference sizes tried and the version written all use)."""
+    return max(size, round(job["longest"] * size / job["size"]))
 
 
 def job_config(job: dict) -> FinetuneConfig:
@@ -167,7 +177,7 @@ def create_job(samples: list[ReviewedSample], val_ids: set[str], base: Detector 
     size, longest = config.train.sizes(base.preprocess)
     base.model.eval()
     started = time.perf_counter()
-    before = _evaluate(base, val_set, labels, size)
+    before = _evaluate(base, val_set, labels, size, longest)
     validation_s = time.perf_counter() - started
     replay = pseudo_labels(base, list(replay), config.replay_score, size, longest)
     work_dir = Path(work_dir)
@@ -242,7 +252,7 @@ def run_chunk(
 
     def validate(epoch: int) -> bool:
         validation_started = time.perf_counter()
-        metrics = _evaluate(detector, val_set, labels, size)
+        metrics = _evaluate(detector, val_set, labels, size, job["longest"])
         job["validation_s"] = round(max(job.get("validation_s", 0.0), time.perf_counter() - validation_started), 3)
         # a chunk that ended between an epoch's validation and the next checkpoint repeats that epoch
         job["history"] = [h for h in job["history"] if h["epoch"] != epoch] + [{"epoch": epoch, "val_AP": metrics.AP}]
@@ -281,56 +291,12 @@ def run_chunk(
     return result.status
 
 
-def smoothed_ap(history: list[dict], window: int) -> float:
-    """The mean validation AP of the last ``window`` epochs of ``history`` (``{"epoch", "val_AP"}`` in
-    epoch order): what picks the best epoch. On ~10 validation images one epoch's AP swings by a few
-    hundredths while the learning rate is high, and the best single epoch was such a swing (more
-    forgetting than the settled epochs after it); ``window`` 1 is the epoch's own AP."""
-    recent = [entry["val_AP"] for entry in history[-max(window, 1):]]
-    return sum(recent) / len(recent)
-
-
-def next_kept(best: dict, epoch: int, ap: float, score: float, tolerance: float) -> tuple[dict, bool]:
-    """After scoring ``epoch`` (validation ``ap``, smoothed ``score``): the new ``best`` record and
-    whether this epoch becomes the kept one. ``best["top"]`` is the highest smoothed AP so far (epoch
-    ``top_epoch``, what patience counts from); the kept epoch is the latest whose score is within
-    ``tolerance`` of the top when it was scored. Validation cannot tell such epochs apart, and the
-    later one has trained longer at a lower learning rate: on the star check the early ones were the
-    ones that forgot (docs/fine-tuning.md)."""
-    top = best.get("top", best.get("score", best["ap"]))
-    top_epoch = best.get("top_epoch", best["epoch"])
-    if score > top:
-        top, top_epoch = score, epoch
-    if score < top - tolerance:
-        return {**best, "top": top, "top_epoch": top_epoch}, False
-    return {"ap": ap, "score": score, "epoch": epoch, "top": top, "top_epoch": top_epoch}, True
-
-
-def forgotten_classes(before: Metrics, after: Metrics, old_labels: list[str],
-                      limit: float = FORGETTING_LIMIT) -> dict[str, float]:
-    """The classes of ``old_labels`` whose validation AP fell by more than ``limit``: name -> change.
-    A class without validation boxes (AP -1) before or after is not judged."""
-    changes = {}
-    for name in old_labels:
-        was, now = before.per_class.get(name, -1.0), after.per_class.get(name, -1.0)
-        if was >= 0 and now >= 0 and now < was - limit:
-            changes[name] = round(now - was, 3)
-    return changes
-
-
 def _best_detector(job: dict, work_dir: Path, device: str | None = None) -> Detector:
     detector = _job_detector(job, device)
     detector.model.load_state_dict(load_file(work_dir / BEST_FILE))
     detector.model.config.auxiliary_loss = False
     detector.model.eval()
     return detector
-
-
-def inference_size(scores: dict[int, float], tolerance: float) -> int:
-    """The smallest shortest edge whose validation AP is within ``tolerance`` of the best of ``scores``
-    (shortest edge -> AP): more pixels cost time on every image, so they must earn it."""
-    best = max(scores.values())
-    return min(size for size, ap in scores.items() if ap >= best - tolerance)
 
 
 def score_best(work_dir: Path) -> dict:
@@ -342,7 +308,7 @@ def score_best(work_dir: Path) -> dict:
     job = read_job(work_dir)
     config, detector, val = job_config(job), _best_detector(job, work_dir), _samples(job["val"])
     sizes = sorted({max(32, round(job["size"] * scale)) for scale in config.inference_scales or (1.0,)})
-    metrics = {size: _evaluate(detector, val, job["labels"], size) for size in sizes}
+    metrics = {size: _evaluate(detector, val, job["labels"], size, longest_edge(job, size)) for size in sizes}
     size = inference_size({size: m.AP for size, m in metrics.items()}, config.tolerance)
     return {"size": size, "metrics": asdict(metrics[size]), "scores": {str(s): round(m.AP, 4) for s, m in metrics.items()}}
 
@@ -366,7 +332,7 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
     config, labels = job_config(job), job["labels"]
     scored = after if after is not None else score_best(work_dir)
     after, size = Metrics(**scored["metrics"]), int(scored["size"])
-    longest = max(size, round(job["longest"] * size / job["size"]))
+    longest = longest_edge(job, size)
     best = _best_detector(job, work_dir, device="cpu")  # only saved from here
     model, base_preprocess = best.model, best.preprocess
     train_set, val_set = _samples(job["train"]), _samples(job["val"])
