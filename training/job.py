@@ -198,9 +198,10 @@ def create_job(samples: list[ReviewedSample], val_ids: set[str], base: Detector 
     return job
 
 
-def _job_detector(job: dict, device: str | None = None) -> Detector:
-    """The job's base model with its head grown to the job's labels (new rows seeded alike every time)."""
-    detector = load_detector_or_bundled(job["base_dir"], device)
+def _job_detector(job: dict, device: str | None = None, loaded: Detector | None = None) -> Detector:
+    """The job's base model (``loaded``, else loaded here) with its head grown to the job's labels (new
+    rows seeded alike every time)."""
+    detector = loaded or load_detector_or_bundled(job["base_dir"], device)
     torch.manual_seed(job_config(job).train.seed)
     try:
         extend_head(detector.model, job["labels"])
@@ -233,20 +234,19 @@ def run_chunk(
         return job["status"]
     config = job_config(job)
     labels, size = job["labels"], job["size"]
-    detector = _job_detector(job)
-    model = detector.model
-    train_set, val_set = _samples(job["train"]), _samples(job["val"])
-    branch = build_branch(model, len(labels), config.hybrid, config.train.trainable, config.train.one_to_many,
-                          seed=config.train.seed)
+    base = load_detector_or_bundled(job["base_dir"])
+    model = base.model
     distill = None
-    if config.distill > 0:  # the teacher is the base model as loaded, before any training
-        base_labels = job.get("base_labels", labels)
-        teacher = load_detector_or_bundled(job["base_dir"]).model
+    if config.distill > 0:  # the teacher: a frozen copy of the base model as loaded, before its head grows
         # the student's frozen trunk (or frozen backbone and encoder) serves both
         share_encoder = config.train.trainable in SHARES_ENCODER
         shared = model if config.train.trainable in FROZEN_TRUNK or share_encoder else None
-        distill = QueryDistillation(teacher, len(base_labels), weight=config.distill, student=shared,
-                                    share_encoder=share_encoder).to(detector.device)
+        distill = QueryDistillation(model, len(job.get("base_labels", labels)), weight=config.distill, student=shared,
+                                    share_encoder=share_encoder).to(base.device)
+    detector = _job_detector(job, loaded=base)  # the student: the same model, its head grown
+    train_set, val_set = _samples(job["train"]), _samples(job["val"])
+    branch = build_branch(model, len(labels), config.hybrid, config.train.trainable, config.train.one_to_many,
+                          seed=config.train.seed)
     train_config = replace(config.train, shortest_edge=size, longest_edge=job["longest"],
                            checkpoint_dir=str(work_dir / CHECKPOINTS), resume=True)
 
