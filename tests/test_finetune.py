@@ -198,7 +198,8 @@ def test_shortened_end_to_end_learns_the_new_class(review_store, tmp_path):
     chosen = info["inference_size"]
     assert set(chosen["validation_ap"]) == {"288", "324", "360"} and result.inference_size == chosen["shortest_edge"]
     assert chosen["validation_ap"][str(result.inference_size)] == pytest.approx(info["metrics"]["after"]["AP"], abs=1e-4)
-    assert load_detector(version.path).preprocess.shortest_edge == result.inference_size
+    written = load_detector(version.path).preprocess
+    assert (written.shortest_edge, written.longest_edge) == (result.inference_size, chosen["longest_edge"])
     # 60 held-out images: with 24, one class's AP moved by up to ~0.2 between runs of the same training
     held_out = write_coco(tmp_path / "held_out", 60, 3_000_000, ShapesSpec(with_star=True))
     before = evaluate_model(load_detector("bundled"), held_out.parent)
@@ -275,6 +276,19 @@ def test_the_best_epoch_is_chosen_on_validation_ap_averaged_over_recent_epochs()
     # a one-epoch swing (epoch 1) does not outrank the settled epochs after it
     scores = [smoothed_ap(history[: e + 1], 3) for e in range(len(history))]
     assert max(range(len(scores)), key=scores.__getitem__) == 5
+
+
+@pytest.mark.parametrize("pair, size, longest", [
+    ((288, 384), 288, 384),  # the training pair itself
+    ((288, 384), 324, 432),  # a larger size keeps the training pair's ratio
+    ((288, 384), 360, 480),
+    ((320, 480), 360, 540),  # a pair set with --shortest-edge / --longest-edge, not the base model's
+    ((300, 300), 330, 330),  # square pair: the longest edge is never shorter than the shortest
+])
+def test_validation_the_sizes_tried_and_the_version_share_one_longest_edge_rule(pair, size, longest):
+    from training.job import longest_edge
+
+    assert longest_edge({"size": pair[0], "longest": pair[1]}, size) == longest
 
 
 @pytest.mark.parametrize("scores, chosen", [
