@@ -10,8 +10,11 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 run: install
 	$(PY) app.py
 
+# The suite in TEST_JOBS processes (pytest-xdist), each with its own throwaway MongoDB and engine cache.
+TEST_JOBS ?= 2
+
 test: install browser
-	$(PY) -m pytest
+	$(PY) -m pytest --numprocesses=$(TEST_JOBS)
 
 install: $(STAMP)
 
