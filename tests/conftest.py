@@ -62,11 +62,19 @@ def start_mongod(dbpath: str | Path, port: int) -> subprocess.Popen:
             time.sleep(0.1)
 
 
+def _xdist_controller(config) -> bool:
+    """Whether this process hands the tests to pytest-xdist workers (and runs none itself)."""
+    return not hasattr(config, "workerinput") and getattr(config.option, "dist", "no") != "no"
+
+
 def pytest_configure(config):
     """Start a throwaway MongoDB on a free local port for the whole run; keep freed memory as the
-    programs do (`core.allocator`), which spares the training tests much kernel time."""
+    programs do (`core.allocator`), which spares the training tests much kernel time. Under
+    pytest-xdist each worker starts its own; the controller, which runs no test, starts none."""
     global _mongod
     keep_freed_memory()
+    if _xdist_controller(config):
+        return
     port = free_port()
     _mongod = start_mongod(_THROWAWAY_DB, port)
     os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
