@@ -65,13 +65,17 @@ def run_queries(state: AppState, image, model_name: str, size: int | None, thres
 
 
 def query_rows(outputs: QueryOutputs, threshold: float) -> list[list]:
-    """One row per query in index order; the browser's table sorts by any column."""
-    rows = []
+    """One row per query in index order; the browser's table sorts by any column. ``passed``: yes, no, or
+    "duplicate of N" for a query that passes but repeats query N of its class (a model with duplicate
+    removal, `core.inference.QueryOutputs.duplicates`: it is not among the detections)."""
+    rows, duplicates = [], outputs.duplicates(threshold)
     for query in range(outputs.num_queries):
         x1, y1, x2, y2 = (round(float(v), 1) for v in outputs.boxes[query])
+        passed = "yes" if outputs.scores[query] >= threshold else "no"
+        if query in duplicates:
+            passed = f"duplicate of {duplicates[query]}"
         rows.append([query, outputs.labels[outputs.label_ids[query]], round(float(outputs.scores[query]), 4),
-                     round(float(outputs.no_object[query]), 4), x1, y1, x2, y2,
-                     "yes" if outputs.scores[query] >= threshold else "no"])
+                     round(float(outputs.no_object[query]), 4), x1, y1, x2, y2, passed])
     return rows
 
 

@@ -117,7 +117,7 @@ def start_finetune(state: AppState, base: str, epochs: int, lr: float, trainable
                 return
             status = (f"**{result.version}** saved ({result.status}, best epoch {result.best_epoch}, "
                       f"{result.seconds / 60:.1f} min). Validation AP {result.before.AP:.3f} → {result.after.AP:.3f}, "
-                      f"inference at {result.inference_size} px (chosen on validation).")
+                      f"{result.choices_note}.")
             if result.forgotten:
                 status += ("\n\n**Forgetting:** " + ", ".join(f"{name} {change:+.3f}" for name, change in
                                                              result.forgotten.items())

@@ -1,6 +1,6 @@
 """COCO evaluation through pycocotools: AP, AP50, AP75, AP small/medium/large and per-class AP.
 
-    python -m core.evaluate --model NAME|PATH --data DIR_OR_JSON [--size 800] [--json OUT]
+    python -m core.evaluate --model NAME|PATH --data DIR_OR_JSON [--size 800] [--duplicate-iou 0.7] [--json OUT]
 
 ``--data`` is a COCO directory (``annotations.json`` next to the image paths it names) or the
 annotations file itself. Categories are matched to the model's labels by name, so a model and a
@@ -9,7 +9,9 @@ Detections are what each family's reference evaluation scores (no threshold): fo
 with "no object") every query with its best real class, as DETR's own evaluation does; for
 Conditional DETR (independent sigmoids) the image's 100 best (query, class) pairs, so a query whose
 second class is right still counts, as its own evaluation and transformers'
-``post_process_object_detection`` do.
+``post_process_object_detection`` do. A model whose config.json sets ``duplicate_iou`` (a fine-tuned
+version that chose it on validation) has duplicates of one class removed first, as it has wherever
+it runs (`core.inference.QueryOutputs.to_detections`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from core.allocator import keep_freed_memory
 from core.boxes import box_xyxy_to_xywh
 from core.flags import add_flags, from_flags
 from core.images import ImageError
-from core.inference import QueryOutputs, predict
+from core.inference import QueryOutputs, predict, without_duplicates
 from core.loading import Detector, ModelLoadError, load_detector_or_bundled
 
 SUMMARY = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"]
@@ -98,16 +100,30 @@ MAX_DETECTIONS = 100  # per image: COCO's maxDets, and the pairs a sigmoid model
 def to_coco_results(image_id: int, outputs: QueryOutputs, category_by_label: dict[str, int]) -> list[dict]:
     """One image's COCO results, as its family's reference evaluation makes them (module docstring):
     a softmax model's queries with their top class, a sigmoid model's best ``MAX_DETECTIONS``
-    (query, class) pairs. Classes the dataset lacks are dropped first."""
+    (query, class) pairs. Classes the dataset lacks are dropped first; with the detector's duplicate
+    removal (``outputs.duplicate_iou``) so are duplicates of one class, as `QueryOutputs.to_detections`
+    drops them (for a sigmoid model among its best ``3 * MAX_DETECTIONS`` pairs, before the best
+    ``MAX_DETECTIONS`` are kept)."""
     boxes = box_xyxy_to_xywh(outputs.boxes)
     known = [c for c, label in enumerate(outputs.labels) if label in category_by_label]
-    if outputs.probs.shape[1] == len(outputs.labels):  # sigmoid: no no-object column
+    if not known:
+        return []
+    sigmoid = outputs.probs.shape[1] == len(outputs.labels)  # no no-object column
+    if sigmoid:
         scores = outputs.probs[:, known]
-        best = np.argsort(-scores, axis=None, kind="stable")[:MAX_DETECTIONS]
-        pairs = [(int(q), known[int(c)], float(scores[q, c])) for q, c in zip(*np.unravel_index(best, scores.shape))]
+        pool = MAX_DETECTIONS * (3 if outputs.duplicate_iou is not None else 1)
+        queries, columns = np.unravel_index(np.argsort(-scores, axis=None, kind="stable")[:pool], scores.shape)
+        classes = np.asarray(known)[columns]
     else:
-        pairs = [(q, int(outputs.label_ids[q]), float(outputs.scores[q])) for q in range(outputs.num_queries)
-                 if int(outputs.label_ids[q]) in known]
+        queries = np.flatnonzero(np.isin(outputs.label_ids, known))
+        classes = outputs.label_ids[queries].astype(int)
+    pair_scores = outputs.probs[queries, classes]
+    if outputs.duplicate_iou is not None:
+        keep = without_duplicates(outputs.boxes[queries], pair_scores, classes, outputs.duplicate_iou)
+        queries, classes, pair_scores = queries[keep], classes[keep], pair_scores[keep]
+    pairs = list(zip(queries.tolist(), classes.tolist(), pair_scores.tolist()))
+    if sigmoid:
+        pairs = pairs[:MAX_DETECTIONS]
     return [{"image_id": image_id, "category_id": category_by_label[outputs.labels[c]],
              "bbox": [round(float(v), 2) for v in boxes[q]], "score": score} for q, c, score in pairs]
 
@@ -156,12 +172,21 @@ def evaluate_images(detector: Detector, images: Sequence, truths: Sequence[sv.De
     resized as `core.preprocess.preprocess` does with ``shortest_edge`` / ``longest_edge``."""
     if len(images) != len(truths):
         raise ValueError(f"got {len(images)} images and {len(truths)} sets of boxes; give one per image.")
+    outputs = predict(detector, list(images), shortest_edge=shortest_edge, longest_edge=longest_edge,
+                      batch_size=batch_size)
+    return score_outputs(outputs, truths, labels)
+
+
+def score_outputs(outputs: Sequence[QueryOutputs], truths: Sequence[sv.Detections], labels: list[str]) -> Metrics:
+    """COCO AP of predictions already made (one `QueryOutputs` per image) against ``truths``, as
+    `evaluate_images` scores them: one forward pass can be scored several ways (e.g. with and without
+    duplicate removal, `dataclasses.replace` on each output's ``duplicate_iou``)."""
+    if len(outputs) != len(truths):
+        raise ValueError(f"got {len(outputs)} predictions and {len(truths)} sets of boxes; give one per image.")
     category = {name: i + 1 for i, name in enumerate(labels)}
     document = {"images": [], "annotations": [],
                 "categories": [{"id": i, "name": name} for name, i in category.items()]}
     results: list[dict] = []
-    outputs = predict(detector, list(images), shortest_edge=shortest_edge, longest_edge=longest_edge,
-                      batch_size=batch_size)
     for image_id, (out, truth) in enumerate(zip(outputs, truths), 1):
         width, height = out.image_size
         document["images"].append({"id": image_id, "file_name": str(image_id), "width": width, "height": height})
@@ -180,6 +205,8 @@ class EvaluateOptions:
     data: str | None = field(default=None, metadata={"required": True,
                              "help": "COCO directory (with annotations.json) or annotations file"})
     size: int | None = field(default=None, metadata={"help": "shortest edge (none: the model's)"})
+    duplicate_iou: float | None = field(default=None, metadata={
+        "help": "class-wise duplicate removal at this IoU instead of the model's (config.json's); 0: none"})
     batch_size: int = 8
     device: str | None = None
     json: Path | None = field(default=None, metadata={"help": "also write the metrics to this file"})
@@ -195,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         detector = load_detector_or_bundled(args.model, args.device)
         if detector.note:
             print(f"note: {detector.note}", file=sys.stderr)
+        if args.duplicate_iou is not None:
+            if not 0 <= args.duplicate_iou < 1:
+                raise ValueError(f"--duplicate-iou must be at least 0 and below 1 (0: none); got {args.duplicate_iou}.")
+            detector.duplicate_iou = args.duplicate_iou or None
         metrics = evaluate_model(detector, args.data, args.size, args.batch_size)
     except (ValueError, ModelLoadError, ImageError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -46,6 +46,9 @@ class QueryOutputs:
     attention: decoder layer index -> ``[heads, N, h, w]`` cross-attention over the image's
         (unpadded) feature map, kept at feature resolution; `attention_map` resizes one query's
         map to the image. Stored small because N full-size maps would be hundreds of MB.
+    duplicate_iou: the detector's duplicate removal (`core.loading.Detector.duplicate_iou`): of two
+        detections of one class overlapping by more than this IoU, `to_detections` (and
+        `core.evaluate`) keep the higher-scoring one. None: every query stands, as DETR intends.
     """
 
     probs: np.ndarray
@@ -56,6 +59,7 @@ class QueryOutputs:
     labels: list[str]
     image_size: tuple[int, int]
     attention: dict[int, np.ndarray] = field(default_factory=dict)
+    duplicate_iou: float | None = None
 
     @property
     def num_queries(self) -> int:
@@ -66,7 +70,8 @@ class QueryOutputs:
         return self.scores >= threshold
 
     def to_detections(self, threshold: float = 0.7, classes: Sequence[str] | None = None) -> sv.Detections:
-        """The queries that pass ``threshold`` (and are of one of ``classes``, if given).
+        """The queries that pass ``threshold`` (and are of one of ``classes``, if given), less the
+        duplicates ``duplicate_iou`` removes.
 
         Returns `sv.Detections` in image pixels with ``class_id``, ``confidence``,
         ``data["class_name"]`` and ``data["query_index"]``, sorted by descending confidence.
@@ -77,6 +82,9 @@ class QueryOutputs:
             keep &= np.isin(self.label_ids, wanted)
         index = np.flatnonzero(keep)
         index = index[np.argsort(-self.scores[index], kind="stable")]
+        if self.duplicate_iou is not None:
+            index = index[without_duplicates(self.boxes[index], self.scores[index], self.label_ids[index],
+                                             self.duplicate_iou)]
         return sv.Detections(
             xyxy=self.boxes[index].astype(np.float32).reshape(-1, 4),
             confidence=self.scores[index].astype(np.float32),
@@ -86,6 +94,19 @@ class QueryOutputs:
                 "query_index": index.astype(int),
             },
         )
+
+    def duplicates(self, threshold: float) -> dict[int, int]:
+        """The queries that pass ``threshold`` but that duplicate removal drops: query -> the kept
+        query of its class it overlaps most. Empty without ``duplicate_iou``."""
+        if self.duplicate_iou is None:
+            return {}
+        kept = self.to_detections(threshold).data["query_index"]
+        dropped = np.setdiff1d(np.flatnonzero(self.passed(threshold)), kept)
+        if not len(dropped):
+            return {}
+        overlap = sv.box_iou_batch(self.boxes[dropped].astype(np.float64), self.boxes[kept].astype(np.float64))
+        overlap[self.label_ids[dropped][:, None] != self.label_ids[kept][None, :]] = -1
+        return {int(q): int(kept[j]) for q, j in zip(dropped, overlap.argmax(1))}
 
     def attention_map(self, query: int, layer: int | None = None, head: int | None = None) -> np.ndarray:
         """Query ``query``'s cross-attention resized to the image: ``[height, width]`` float32.
@@ -107,6 +128,15 @@ class QueryOutputs:
         resized = F.interpolate(torch.from_numpy(small)[None, None].float(), size=(height, width), mode="bilinear",
                                 align_corners=False)
         return resized[0, 0].numpy()
+
+
+def without_duplicates(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou: float) -> np.ndarray:
+    """``[K]`` bool: which of K detections (``boxes [K, 4]`` xyxy) to keep when of two of one class
+    overlapping by more than ``iou`` only the higher-scoring one stays (class-wise NMS, supervision's)."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=bool)
+    predictions = np.column_stack([np.asarray(boxes, dtype=np.float64).reshape(-1, 4), scores, class_ids])
+    return sv.box_non_max_suppression(predictions, iou_threshold=iou)
 
 
 def _class_probs(logits: torch.Tensor, family: ModelFamily) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -184,6 +214,7 @@ def _run_batch(
                 labels=detector.labels,
                 image_size=(width, height),
                 attention=maps,
+                duplicate_iou=detector.duplicate_iou,
             )
         )
     return results

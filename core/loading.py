@@ -83,6 +83,10 @@ class Detector:
     # None: PyTorch. ``engine_name`` says which ran, for status lines.
     engine: Any = None
     engine_name: str = "torch"
+    # Class-wise duplicate removal (NMS) at this IoU after the forward pass (`core.inference.without_duplicates`):
+    # config.json's ``duplicate_iou``, which a fine-tune sets when it removed duplicates of a new class on its
+    # validation split (docs/fine-tuning.md). None (hub models, the bundled one): every query stands, as DETR intends.
+    duplicate_iou: float | None = None
 
     @property
     def kind(self) -> str:
@@ -128,6 +132,17 @@ def _labels_from_config(config: PreTrainedModel, where: str) -> list[str]:
             "fix config.json so every class id has a name."
         )
     return [str(id2label[i]) for i in range(num_labels)]
+
+
+def _duplicate_iou(config: PreTrainedModel, where: str) -> float | None:
+    value = getattr(config, "duplicate_iou", None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ModelLoadError(f"{where} has a config.json whose duplicate_iou is {value!r}; it must be a number "
+                             "between 0 and 1 (the IoU above which the lower-scoring of two detections of one "
+                             "class is dropped) or absent. Fix or remove it.")
+    return float(value)
 
 
 def _preprocess_config(directory: Path, where: str) -> PreprocessConfig:
@@ -299,6 +314,7 @@ def load_detector(
     except Exception as error:  # transformers validates fields with error types of its own
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise ModelLoadError(f"{where} has a config.json transformers cannot read ({reason}).") from None
+    duplicate_iou = _duplicate_iou(config, where)
 
     _check_weight_files(directory, where)
     try:
@@ -332,6 +348,7 @@ def load_detector(
         name=str(name),
         source=directory,
         preprocess=_preprocess_config(directory, where),
+        duplicate_iou=duplicate_iou,
     )
 
 

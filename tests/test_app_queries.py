@@ -117,3 +117,14 @@ def test_small_images_are_enlarged_for_the_overlay(state, tiny_detr_dir):
     overlay, _, _ = queries.query_attention(state, key, 0)
     assert max(overlay.shape[:2]) == 512
     assert overlay.shape[0] / overlay.shape[1] == pytest.approx(small.shape[0] / small.shape[1], abs=0.01)
+
+
+def test_a_query_dropped_as_a_duplicate_says_which_it_repeats():
+    from core.inference import QueryOutputs
+
+    boxes = np.array([[0, 0, 50, 50], [0, 0, 50, 45], [100, 100, 150, 150]], dtype=np.float32)
+    probs = np.array([[0.8, 0.0], [0.9, 0.0], [0.0, 0.2]])
+    outputs = QueryOutputs(probs=probs, boxes=boxes, label_ids=probs.argmax(1), scores=probs.max(1),
+                           no_object=1 - probs.max(1), labels=["star", "circle"], image_size=(200, 200),
+                           duplicate_iou=0.7)
+    assert [row[-1] for row in queries.query_rows(outputs, 0.5)] == ["duplicate of 1", "yes", "no"]

@@ -96,3 +96,27 @@ def test_softmax_models_are_scored_on_each_querys_top_class():
     results = to_coco_results(3, query_outputs(probs, ["circle", "star"]), {"circle": 1, "star": 2})
     assert [(r["category_id"], r["score"], r["bbox"][0]) for r in results] == [(1, 0.5, 0.0), (2, 0.2, 10.0)]
     assert [r["category_id"] for r in to_coco_results(3, query_outputs(probs, ["circle", "star"]), {"star": 2})] == [2]
+
+
+def test_duplicate_removal_drops_the_lower_of_two_boxes_of_one_class():
+    # queries 0 and 1: stars on almost the same box (IoU 0.8); query 2: a triangle on it; query 3: a star elsewhere
+    probs = np.array([[0.0, 0.1, 0.9], [0.0, 0.0, 0.6], [0.0, 0.5, 0.0], [0.0, 0.0, 0.4]])
+    outputs = query_outputs(probs, ["circle", "triangle", "star"])
+    outputs.boxes[1] = [0.0, 0.0, 5.0, 4.0]  # query 0's box is [0, 0, 5, 5]
+    outputs.boxes[2] = [0.0, 0.0, 5.0, 5.0]
+    categories = {"circle": 1, "triangle": 2, "star": 3}
+    stars = lambda results: [(r["score"], r["bbox"][0]) for r in results if r["category_id"] == 3]  # noqa: E731
+    assert stars(to_coco_results(1, outputs, categories))[:2] == [(0.9, 0.0), (0.6, 0.0)]  # every query stands
+    outputs.duplicate_iou = 0.7
+    removed = to_coco_results(1, outputs, categories)
+    assert stars(removed)[:2] == [(0.9, 0.0), (0.4, 30.0)]  # query 1's star is gone
+    # another class on the same box stays (query 2's triangle); query 0's triangle (0.1) is a duplicate of it
+    triangles = [(r["score"], r["bbox"][0]) for r in removed if r["category_id"] == 2]
+    assert triangles[0] == (0.5, 0.0) and (0.1, 0.0) not in triangles
+    outputs.duplicate_iou = 0.85  # above the pair's overlap: both stand
+    assert stars(to_coco_results(1, outputs, categories))[:2] == [(0.9, 0.0), (0.6, 0.0)]
+    softmax = query_outputs(np.column_stack([probs, 1 - probs.max(1)]), ["circle", "triangle", "star"])
+    softmax.boxes[:] = outputs.boxes
+    softmax.duplicate_iou = 0.7  # a softmax model: each query's top class, duplicates of it dropped alike
+    assert [(r["category_id"], r["score"]) for r in to_coco_results(1, softmax, categories)] == [
+        (3, 0.9), (2, 0.5), (3, 0.4)]

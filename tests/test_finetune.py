@@ -200,6 +200,14 @@ def test_shortened_end_to_end_learns_the_new_class(review_store, tmp_path):
     assert chosen["validation_ap"][str(result.inference_size)] == pytest.approx(info["metrics"]["after"]["AP"], abs=1e-4)
     written = load_detector(version.path).preprocess
     assert (written.shortest_edge, written.longest_edge) == (result.inference_size, chosen["longest_edge"])
+    # duplicate removal: scored with and without at each size on one forward pass; the version's config.json
+    # holds the choice at the size chosen, and the validation AP reported is the one of that choice
+    duplicates, size = info["duplicates"], str(result.inference_size)
+    assert set(duplicates["validation_ap"]) == {"288", "324", "360"} and duplicates["iou"] == result.duplicate_iou
+    scored = duplicates["validation_ap"][size]
+    assert result.duplicate_iou == (0.7 if scored["removed"] >= scored["kept"] else None)
+    assert chosen["validation_ap"][size] == scored["removed" if result.duplicate_iou else "kept"]
+    assert load_detector(version.path).duplicate_iou == result.duplicate_iou
     # 60 held-out images: with 24, one class's AP moved by up to ~0.2 between runs of the same training
     held_out = write_coco(tmp_path / "held_out", 60, 3_000_000, ShapesSpec(with_star=True))
     before = evaluate_model(load_detector("bundled"), held_out.parent)
@@ -245,8 +253,9 @@ def test_fine_tune_with_co_detr_writes_a_plain_model(review_store, tmp_path):
 @pytest.mark.parametrize("setting, message", [
     ({"hybrid": "co-detr"}, "trainable='last_layer' keeps .nearly all. frozen"),  # the default trainable
     ({"hybrid": "dino", "trainable": "all"}, "hybrid must be one of"),
+    ({"duplicate_iou": 1.0}, "duplicate_iou must be at least 0 and below 1"),
 ])
-def test_hybrid_settings_that_cannot_work_are_refused_before_anything_is_written(review_store, tmp_path, setting,
+def test_settings_that_cannot_work_are_refused_before_anything_is_written(review_store, tmp_path, setting,
                                                                                  message):
     _reviewed_store(review_store, 12)
     (tmp_path / "job").mkdir()
@@ -302,6 +311,17 @@ def test_the_inference_size_is_the_smallest_within_tolerance_of_the_best(scores,
     from training.choices import inference_size
 
     assert inference_size(scores, tolerance=0.01) == chosen
+
+
+@pytest.mark.parametrize("kept, removed, removes", [
+    (0.60, 0.62, True),  # duplicates of a new class cost precision: removing them earns AP
+    (0.60, 0.60, True),  # no duplicates on validation: the removal changes nothing and is kept
+    (0.60, 0.59, False),  # objects of one class overlapping closely: the removal loses some, so not kept
+])
+def test_duplicate_removal_is_kept_where_validation_ap_is_no_lower(kept, removed, removes):
+    from training.choices import removes_duplicates
+
+    assert removes_duplicates(kept, removed) is removes
 
 
 def test_the_kept_epoch_is_the_latest_within_tolerance_of_the_best_score():

@@ -188,3 +188,23 @@ def test_cpu_bf16_is_opt_in_and_close_to_fp32():
         confident = a.scores > 0.5
         assert confident.any() and np.array_equal(a.label_ids[confident], b.label_ids[confident])
         assert np.abs(a.boxes - b.boxes)[confident].max() < 0.03 * max(a.image_size)
+
+
+def test_to_detections_removes_duplicates_when_the_model_says_so():
+    from core.inference import QueryOutputs
+
+    boxes = np.array([[0, 0, 50, 50], [0, 0, 50, 45], [0, 0, 50, 50], [100, 100, 150, 150]], dtype=np.float32)
+    probs = np.array([[0.0, 0.8], [0.0, 0.9], [0.7, 0.0], [0.0, 0.75]])  # sigmoid: circle, star
+    outputs = QueryOutputs(probs=probs, boxes=boxes, label_ids=probs.argmax(1), scores=probs.max(1),
+                           no_object=1 - probs.max(1), labels=["circle", "star"], image_size=(200, 200))
+    assert outputs.to_detections(0.5).data["query_index"].tolist() == [1, 0, 3, 2]
+    outputs.duplicate_iou = 0.7
+    detections = outputs.to_detections(0.5)
+    # query 0's star overlaps the better query 1's by IoU 0.9: dropped; the circle on the same box stays
+    assert detections.data["query_index"].tolist() == [1, 3, 2]
+    assert detections.confidence.tolist() == pytest.approx([0.9, 0.75, 0.7])
+    assert outputs.to_detections(0.8).data["query_index"].tolist() == [1]
+    # the Queries tab names what each dropped query repeated
+    assert outputs.duplicates(0.5) == {0: 1}
+    outputs.duplicate_iou = None
+    assert outputs.duplicates(0.5) == {}

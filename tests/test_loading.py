@@ -222,3 +222,14 @@ def test_preprocessor_config_is_read(tmp_path, tiny_detr_dir):
     detector = load_detector(directory)
     assert (detector.preprocess.shortest_edge, detector.preprocess.longest_edge) == (512, 853)
     assert detector.preprocess.image_mean == (0.5, 0.5, 0.5)
+
+
+def test_duplicate_removal_is_read_from_config_and_checked(tmp_path, tiny_detr_dir):
+    assert load_detector(tiny_detr_dir).duplicate_iou is None  # hub and bundled models: every query stands
+    directory = _copy(tiny_detr_dir, tmp_path / "m")
+    _edit_config(directory, duplicate_iou=0.7)
+    assert load_detector(directory).duplicate_iou == 0.7
+    for bad in (1.5, "0.7", True, 0):
+        _edit_config(directory, duplicate_iou=bad)
+        with pytest.raises(ModelLoadError, match="duplicate_iou .* must be a number between 0 and 1"):
+            load_detector(directory)

@@ -1,5 +1,5 @@
 """What a fine-tune decides from its validation split: which epoch to keep, when to stop, the new
-version's inference size, and which old classes it forgot.
+version's inference size and duplicate removal, and which old classes it forgot.
 
 Pure functions of validation scores (no models, no files), so each rule is tested on a table of
 hand-made cases; `training.job` calls them while it trains and when it writes the version.
@@ -54,3 +54,12 @@ def inference_size(scores: dict[int, float], tolerance: float) -> int:
     (shortest edge -> AP): more pixels cost time on every image, so they must earn it."""
     best = max(scores.values())
     return min(size for size, ap in scores.items() if ap >= best - tolerance)
+
+
+def removes_duplicates(kept_ap: float, removed_ap: float) -> bool:
+    """Whether a version removes duplicate detections (class-wise NMS): when validation AP with the
+    removal (``removed_ap``) is at least that without (``kept_ap``), both scored on one forward pass.
+    DETR is meant to leave one query per object, and does for the classes it learned from thousands of
+    images; a class learned from tens of reviewed ones is often found twice (docs/fine-tuning.md),
+    and where objects of one class overlap closely the removal costs AP, and is not kept."""
+    return removed_ap >= kept_ap

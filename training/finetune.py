@@ -46,6 +46,8 @@ from training.split import validation_ids
 
 def config_problem(config: FinetuneConfig) -> str | None:
     """What is wrong with ``config`` as a message for the user, or None (checked before any work)."""
+    if not 0 <= config.duplicate_iou < 1:
+        return (f"duplicate_iou must be at least 0 and below 1 (0: no duplicate removal); got {config.duplicate_iou}.")
     return trainable_problem(config.train.trainable) or hybrid_setting_problem(
         config.hybrid.method, config.train.trainable, config.train.one_to_many, config.hybrid.co_detr_lambda2)
 
@@ -164,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bar.close()
     print(f"{result.status} in {result.seconds / 60:.1f} min; best epoch {result.best_epoch}; "
-          f"{len(result.train_ids)} training and {len(result.val_ids)} validation samples; inference at "
-          f"{result.inference_size} px (chosen on validation)")
+          f"{len(result.train_ids)} training and {len(result.val_ids)} validation samples; "
+          f"{result.choices_note}")
     print(f"{'class':<14}{'AP before':>10}{'AP after':>10}{'change':>8}")
     for name, before, after, change in per_class_table(result):
         print(f"{name:<14}{before!s:>10}{after!s:>10}{change!s:>8}")

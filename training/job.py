@@ -4,10 +4,11 @@
   samples and split them): scores the base model on the validation part and writes ``job.json``;
 - `run_chunk` (the GPU part; on a ZeroGPU Space inside ``@spaces.GPU``): trains from the job's
   last checkpoint until it ends or a time budget is used up; touches only the job folder;
-- `finish`: scores the best epoch on validation at a few inference sizes (`score_best`) and writes
-  it as a registry version (or a folder) at the size chosen.
+- `finish`: scores the best epoch on validation at a few inference sizes, with and without
+  duplicate removal (`score_best`), and writes it as a registry version (or a folder) as chosen.
 
-What validation decides (the epoch kept, stopping, the size, forgetting) is in `training.choices`.
+What validation decides (the epoch kept, stopping, the size, duplicate removal, forgetting) is in
+`training.choices`.
 
 `continue_job` runs the chunks to the end and finishes; after a restart it picks an interrupted
 job up from its last checkpoint.
@@ -37,7 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from core.boxes import box_xyxy_to_cxcywhn
 from core.distill import SHARES_ENCODER, QueryDistillation
-from core.evaluate import Metrics, evaluate_images
+from core.evaluate import Metrics, evaluate_images, score_outputs
 from core.inference import predict
 from core.flags import from_dict
 from core.heads import extend_head
@@ -46,7 +47,8 @@ from core.images import load_image
 from core.loading import Detector, VersionDir, load_detector_or_bundled
 from core.train import FROZEN_TRUNK, Progress, train
 from datasets.review import ReviewedSample
-from training.choices import FORGETTING_LIMIT, forgotten_classes, inference_size, next_kept, smoothed_ap
+from training.choices import (FORGETTING_LIMIT, forgotten_classes, inference_size, next_kept, removes_duplicates,
+                              smoothed_ap)
 from training.config import FinetuneConfig
 from training.registry import Registry
 from training.split import RULE
@@ -75,6 +77,14 @@ class FinetuneResult:
     val_ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
     inference_size: int | None = None  # the new version's shortest edge, chosen on validation (`score_best`)
+    duplicate_iou: float | None = None  # the new version's duplicate removal, chosen on validation; None: none
+
+    @property
+    def choices_note(self) -> str:
+        """What validation chose for the version, in words (CLI, Train tab)."""
+        removal = (f"duplicates of a class above IoU {self.duplicate_iou:g} removed" if self.duplicate_iou
+                   else "no duplicate removal")
+        return f"inference at {self.inference_size} px, {removal} (chosen on validation)"
 
 
 class ReviewedDataset(torch.utils.data.Dataset):
@@ -200,14 +210,15 @@ def create_job(samples: list[ReviewedSample], val_ids: set[str], base: Detector 
 
 def _job_detector(job: dict, device: str | None = None, loaded: Detector | None = None) -> Detector:
     """The job's base model (``loaded``, else loaded here) with its head grown to the job's labels (new
-    rows seeded alike every time)."""
+    rows seeded alike every time), without the base's duplicate removal: validation scores what the
+    model predicts, and `score_best` decides the new version's removal."""
     detector = loaded or load_detector_or_bundled(job["base_dir"], device)
     torch.manual_seed(job_config(job).train.seed)
     try:
         extend_head(detector.model, job["labels"])
     except ValueError as error:
         raise FinetuneError(str(error)) from None
-    detector.labels = job["labels"]
+    detector.labels, detector.duplicate_iou = job["labels"], None
     return detector
 
 
@@ -301,23 +312,36 @@ def _best_detector(job: dict, work_dir: Path, device: str | None = None) -> Dete
 
 def score_best(work_dir: Path) -> dict:
     """The job's best epoch scored on the validation split at each of `FinetuneConfig.inference_scales`
-    of the training size: ``{"size": the chosen shortest edge, "metrics": its `Metrics` as a dict,
-    "scores": {size: AP}}``. Reads only files: on ZeroGPU it runs in the GPU worker, and `finish`
-    writes the version in the main process."""
+    of the training size, each without and with duplicate removal (`FinetuneConfig.duplicate_iou`;
+    one forward pass scored both ways): ``{"size": the chosen shortest edge, "duplicate_iou": the
+    removal chosen or None, "metrics": its `Metrics` as a dict, "scores": {size: AP as chosen},
+    "duplicates": {size: {"kept": AP, "removed": AP}}}``. Reads only files: on ZeroGPU it runs in the
+    GPU worker, and `finish` writes the version in the main process."""
     work_dir = Path(work_dir)
     job = read_job(work_dir)
     config, detector, val = job_config(job), _best_detector(job, work_dir), _samples(job["val"])
     sizes = sorted({max(32, round(job["size"] * scale)) for scale in config.inference_scales or (1.0,)})
-    metrics = {size: _evaluate(detector, val, job["labels"], size, longest_edge(job, size)) for size in sizes}
+    truths, removal = [s.truth for s in val], config.duplicate_iou or None
+    metrics, removed, duplicates = {}, {}, {}
+    for size in sizes:
+        outputs = predict(detector, [s.filepath for s in val], shortest_edge=size, longest_edge=longest_edge(job, size))
+        kept = score_outputs(outputs, truths, job["labels"])
+        metrics[size], removed[size] = kept, False
+        if removal:
+            without = score_outputs([replace(out, duplicate_iou=removal) for out in outputs], truths, job["labels"])
+            duplicates[str(size)] = {"kept": round(kept.AP, 4), "removed": round(without.AP, 4)}
+            if removes_duplicates(kept.AP, without.AP):
+                metrics[size], removed[size] = without, True
     size = inference_size({size: m.AP for size, m in metrics.items()}, config.tolerance)
-    return {"size": size, "metrics": asdict(metrics[size]), "scores": {str(s): round(m.AP, 4) for s, m in metrics.items()}}
+    return {"size": size, "duplicate_iou": removal if removed[size] else None, "metrics": asdict(metrics[size]),
+            "scores": {str(s): round(m.AP, 4) for s, m in metrics.items()}, "duplicates": duplicates}
 
 
 def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | None = None,
            after: dict | None = None) -> FinetuneResult:
     """Write the job's best epoch as a new registry version (or to ``out_dir``) at the inference size
-    `score_best` chose, with its validation metrics (``after``, from `score_best`; scored here when
-    not given)."""
+    and with the duplicate removal `score_best` chose, with its validation metrics (``after``, from
+    `score_best`; scored here when not given)."""
     work_dir = Path(work_dir)
     job = read_job(work_dir)
     if job["status"] == "registered":
@@ -335,6 +359,11 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
     longest = longest_edge(job, size)
     best = _best_detector(job, work_dir, device="cpu")  # only saved from here
     model, base_preprocess = best.model, best.preprocess
+    duplicate_iou = scored.get("duplicate_iou")
+    if duplicate_iou:
+        model.config.duplicate_iou = duplicate_iou  # config.json: every loader of the version removes them
+    elif hasattr(model.config, "duplicate_iou"):  # a base version's removal, not chosen for this one
+        del model.config.duplicate_iou
     train_set, val_set = _samples(job["train"]), _samples(job["val"])
     before = Metrics(**job["before"])
     outcome = FinetuneResult(status=job["status"], labels=labels, before=before, after=after,
@@ -342,7 +371,7 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
                              train_ids=[s.sample_id for s in train_set], val_ids=[s.sample_id for s in val_set],
                              seconds=job["seconds"], forgotten=forgotten_classes(before, after,
                                                                                  job.get("base_labels", labels)),
-                             inference_size=size)
+                             inference_size=size, duplicate_iou=duplicate_iou or None)
     info = {
         "parent": job["base"], "labels": labels, "kind": job["kind"], "dataset": job["dataset"], "status": job["status"],
         "steps": job["steps"], "best_epoch": job["best"]["epoch"], "seconds": round(job["seconds"], 1),
@@ -352,6 +381,8 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
         "forgetting": {"limit": FORGETTING_LIMIT, "classes": outcome.forgotten},
         # the shortest edge the version runs at, chosen on the validation split (AP at each size tried)
         "inference_size": {"shortest_edge": size, "longest_edge": longest, "validation_ap": scored["scores"]},
+        # class-wise duplicate removal (config.json's duplicate_iou), kept where validation AP was no lower with it
+        "duplicates": {"iou": duplicate_iou or None, "validation_ap": scored.get("duplicates", {})},
         "split": {"rule": RULE, "val_fraction": config.val_fraction},
         "train_ids": outcome.train_ids, "val_ids": outcome.val_ids,
         "replay_ids": [r["sample_id"] for r in job.get("replay", [])],

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     result, before, after = run(args.reviewed, args.held_out, args.work, config, review_seed=args.review_seed,
                                 held_out_seed=args.held_out_seed, unreviewed=args.unreviewed, base=args.base)
     minutes = (time.perf_counter() - started) / 60
-    print(f"fine-tune: {result.status}, best epoch {result.best_epoch}, inference at {result.inference_size} px, "
+    print(f"fine-tune: {result.status}, best epoch {result.best_epoch}, {result.choices_note}, "
           f"{result.seconds / 60:.1f} min "
           f"({len(result.train_ids)} train / {len(result.val_ids)} validation); whole check {minutes:.1f} min")
     print(f"reviewed seeds from {args.review_seed}, held-out seeds from {args.held_out_seed}")
