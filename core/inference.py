@@ -24,7 +24,7 @@ import supervision as sv
 import torch
 import torch.nn.functional as F
 
-from core.boxes import box_cxcywhn_to_xyxy, clip_boxes_xyxy
+from core.boxes import box_cxcywhn_to_xyxy, box_iou, clip_boxes_xyxy
 from core.family import ModelFamily
 from core.forward import backbone_stride, feature_size
 from core.images import ImageSource, load_image
@@ -104,7 +104,8 @@ class QueryOutputs:
         dropped = np.setdiff1d(np.flatnonzero(self.passed(threshold)), kept)
         if not len(dropped):
             return {}
-        overlap = sv.box_iou_batch(self.boxes[dropped].astype(np.float64), self.boxes[kept].astype(np.float64))
+        overlap = box_iou(torch.from_numpy(self.boxes[dropped]).double(), torch.from_numpy(self.boxes[kept]).double())[0]
+        overlap = overlap.numpy()
         overlap[self.label_ids[dropped][:, None] != self.label_ids[kept][None, :]] = -1
         return {int(q): int(kept[j]) for q, j in zip(dropped, overlap.argmax(1))}
 

@@ -205,7 +205,7 @@ def test_shortened_end_to_end_learns_the_new_class(review_store, tmp_path):
     duplicates, size = info["duplicates"], str(result.inference_size)
     assert set(duplicates["validation_ap"]) == {"288", "324", "360"} and duplicates["iou"] == result.duplicate_iou
     scored = duplicates["validation_ap"][size]
-    assert result.duplicate_iou == (0.7 if scored["removed"] >= scored["kept"] else None)
+    assert result.duplicate_iou == (0.7 if scored["removed"] >= scored["kept"] - 0.01 else None)
     assert chosen["validation_ap"][size] == scored["removed" if result.duplicate_iou else "kept"]
     assert load_detector(version.path).duplicate_iou == result.duplicate_iou
     # 60 held-out images: with 24, one class's AP moved by up to ~0.2 between runs of the same training
@@ -316,12 +316,13 @@ def test_the_inference_size_is_the_smallest_within_tolerance_of_the_best(scores,
 @pytest.mark.parametrize("kept, removed, removes", [
     (0.60, 0.62, True),  # duplicates of a new class cost precision: removing them earns AP
     (0.60, 0.60, True),  # no duplicates on validation: the removal changes nothing and is kept
-    (0.60, 0.59, False),  # objects of one class overlapping closely: the removal loses some, so not kept
+    (0.60, 0.595, True),  # a few thousandths lower: within what ~10 validation images can tell apart
+    (0.60, 0.585, False),  # objects of one class overlapping closely: the removal clearly costs, not kept
 ])
-def test_duplicate_removal_is_kept_where_validation_ap_is_no_lower(kept, removed, removes):
+def test_duplicate_removal_is_kept_unless_validation_ap_is_clearly_lower(kept, removed, removes):
     from training.choices import removes_duplicates
 
-    assert removes_duplicates(kept, removed) is removes
+    assert removes_duplicates(kept, removed, tolerance=0.01) is removes
 
 
 def test_the_kept_epoch_is_the_latest_within_tolerance_of_the_best_score():

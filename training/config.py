@@ -45,8 +45,8 @@ class FinetuneConfig:
     inference_scales: tuple[float, ...] = (1.0, 1.125, 1.25)
     val_fraction: float = 0.2
     # Class-wise duplicate removal the new version may keep (config.json's duplicate_iou, `core.inference`): the kept
-    # epoch is scored on validation with and without it and the version keeps it where AP is no lower with it (a class
-    # learned from tens of images is often found twice; training.choices). 0: never.
+    # epoch is scored on validation with and without it and the version keeps it unless AP is lower with it by more
+    # than `tolerance` (a class learned from tens of images is often found twice; training.choices). 0: never.
     duplicate_iou: float = 0.7
     # Weight of query-index distillation from the frozen base model (core.distill); 0: off. With "heads" or
     # "last_layer" training the teacher shares the student's frozen trunk and costs little.

@@ -330,7 +330,7 @@ def score_best(work_dir: Path) -> dict:
         if removal:
             without = score_outputs([replace(out, duplicate_iou=removal) for out in outputs], truths, job["labels"])
             duplicates[str(size)] = {"kept": round(kept.AP, 4), "removed": round(without.AP, 4)}
-            if removes_duplicates(kept.AP, without.AP):
+            if removes_duplicates(kept.AP, without.AP, config.tolerance):
                 metrics[size], removed[size] = without, True
     size = inference_size({size: m.AP for size, m in metrics.items()}, config.tolerance)
     return {"size": size, "duplicate_iou": removal if removed[size] else None, "metrics": asdict(metrics[size]),
