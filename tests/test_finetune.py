@@ -205,7 +205,9 @@ def test_shortened_end_to_end_learns_the_new_class(review_store, tmp_path):
     duplicates, size = info["duplicates"], str(result.inference_size)
     assert set(duplicates["validation_ap"]) == {"288", "324", "360"} and duplicates["iou"] == result.duplicate_iou
     scored = duplicates["validation_ap"][size]
-    assert result.duplicate_iou == (0.7 if scored["removed"] >= scored["kept"] - 0.01 else None)
+    assert result.duplicate_iou in (0.7, None)
+    margin = scored["removed"] - (scored["kept"] - 0.01)  # the rule on unrounded AP; version.json has 4 digits
+    assert margin >= -1e-4 if result.duplicate_iou else margin < 1e-4, (scored, result.duplicate_iou)
     assert chosen["validation_ap"][size] == scored["removed" if result.duplicate_iou else "kept"]
     assert load_detector(version.path).duplicate_iou == result.duplicate_iou
     # 60 held-out images: with 24, one class's AP moved by up to ~0.2 between runs of the same training
