@@ -35,7 +35,7 @@ from core.allocator import keep_freed_memory
 from core.boxes import box_xyxy_to_xywh
 from core.flags import add_flags, from_flags
 from core.images import ImageError
-from core.inference import QueryOutputs, predict, without_duplicates
+from core.inference import QueryOutputs, duplicate_iou_problem, predict, without_duplicates
 from core.loading import Detector, ModelLoadError, load_detector_or_bundled
 
 SUMMARY = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"]
@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         if detector.note:
             print(f"note: {detector.note}", file=sys.stderr)
         if args.duplicate_iou is not None:
-            if not 0 <= args.duplicate_iou < 1:
-                raise ValueError(f"--duplicate-iou must be at least 0 and below 1 (0: none); got {args.duplicate_iou}.")
+            if problem := duplicate_iou_problem(args.duplicate_iou):
+                raise ValueError(problem)
             detector.duplicate_iou = args.duplicate_iou or None
         metrics = evaluate_model(detector, args.data, args.size, args.batch_size)
     except (ValueError, ModelLoadError, ImageError) as error:

@@ -131,6 +131,14 @@ class QueryOutputs:
         return resized[0, 0].numpy()
 
 
+def duplicate_iou_problem(value: float) -> str | None:
+    """What is wrong with ``value`` as a duplicate-removal setting (0: none), as a message for the
+    user; None when it is usable. One rule for the fine-tune's setting and `core.evaluate`'s flag."""
+    if not 0 <= value < 1:
+        return f"duplicate_iou must be at least 0 and below 1 (0: no duplicate removal); got {value}."
+    return None
+
+
 def without_duplicates(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou: float) -> np.ndarray:
     """``[K]`` bool: which of K detections (``boxes [K, 4]`` xyxy) to keep when of two of one class
     overlapping by more than ``iou`` only the higher-scoring one stays (class-wise NMS, supervision's)."""

@@ -60,6 +60,12 @@ def test_cli_evaluates_a_model(shapes_coco, tiny_detr_dir, tmp_path, capsys):
     assert 0.0 <= metrics["AP"] <= 1.0 and metrics["images"] == 12
 
 
+def test_cli_refuses_a_duplicate_iou_out_of_range(tmp_path, tiny_detr_dir, capsys):
+    (tmp_path / "annotations.json").write_text('{"images": [], "categories": [{"id": 1, "name": "circle"}]}')
+    assert main(["--model", str(tiny_detr_dir), "--data", str(tmp_path), "--duplicate-iou", "1"]) == 2
+    assert "duplicate_iou must be at least 0 and below 1" in capsys.readouterr().err
+
+
 def test_cli_bad_data(tmp_path, tiny_detr_dir, capsys):
     (tmp_path / "annotations.json").write_text("{not json")
     assert main(["--model", str(tiny_detr_dir), "--data", str(tmp_path)]) == 2

@@ -33,6 +33,7 @@ from typing import Any
 from core.allocator import keep_freed_memory
 from core.flags import add_flags, from_flags
 from core.hybrid import hybrid_setting_problem
+from core.inference import duplicate_iou_problem
 from core.loading import HubUnreachableError, ModelLoadError, resolve_model_dir
 from core.train import Progress, trainable_problem
 from datasets.labels import ReviewError
@@ -46,10 +47,9 @@ from training.split import validation_ids
 
 def config_problem(config: FinetuneConfig) -> str | None:
     """What is wrong with ``config`` as a message for the user, or None (checked before any work)."""
-    if not 0 <= config.duplicate_iou < 1:
-        return (f"duplicate_iou must be at least 0 and below 1 (0: no duplicate removal); got {config.duplicate_iou}.")
-    return trainable_problem(config.train.trainable) or hybrid_setting_problem(
-        config.hybrid.method, config.train.trainable, config.train.one_to_many, config.hybrid.co_detr_lambda2)
+    return duplicate_iou_problem(config.duplicate_iou) or trainable_problem(config.train.trainable) or \
+        hybrid_setting_problem(config.hybrid.method, config.train.trainable, config.train.one_to_many,
+                               config.hybrid.co_detr_lambda2)
 
 
 def prepare(view, base: str, config: FinetuneConfig, work_dir: Path, registry: Registry | None = None,

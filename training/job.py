@@ -36,20 +36,19 @@ import supervision as sv
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.boxes import box_xyxy_to_cxcywhn
 from core.distill import SHARES_ENCODER, QueryDistillation
 from core.evaluate import Metrics, evaluate_images, score_outputs
 from core.inference import predict
 from core.flags import from_dict
 from core.heads import extend_head
 from core.hybrid import build_branch
-from core.images import load_image
 from core.loading import Detector, VersionDir, load_detector_or_bundled
 from core.train import FROZEN_TRUNK, Progress, train
 from datasets.review import ReviewedSample
 from training.choices import (FORGETTING_LIMIT, forgotten_classes, inference_size, next_kept, removes_duplicates,
                               smoothed_ap)
 from training.config import FinetuneConfig
+from training.data import ReviewedDataset, pseudo_labels
 from training.registry import Registry
 from training.split import RULE
 
@@ -85,48 +84,6 @@ class FinetuneResult:
         removal = (f"duplicates of a class above IoU {self.duplicate_iou:g} removed" if self.duplicate_iou
                    else "no duplicate removal")
         return f"inference at {self.inference_size} px, {removal} (chosen on validation)"
-
-
-class ReviewedDataset(torch.utils.data.Dataset):
-    """``(image, target)`` pairs in the transformers contract; images decoded on first use and kept.
-    ``known``: the only classes these samples are labelled for (replay images: the base model's), as
-    each target's ``known_classes``; None: every class."""
-
-    def __init__(self, samples: list[ReviewedSample], labels: list[str], known: list[str] | None = None):
-        self.samples, self.labels = samples, labels
-        self._images: dict[int, np.ndarray] = {}
-        self._known = None if known is None else torch.tensor([name in known for name in labels], dtype=torch.bool)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        sample = self.samples[index]
-        if index not in self._images:
-            self._images[index] = np.asarray(load_image(sample.filepath))
-        boxes = box_xyxy_to_cxcywhn(torch.from_numpy(np.asarray(sample.truth.xyxy, dtype=np.float32)), sample.width,
-                                    sample.height)
-        classes = torch.tensor([self.labels.index(name) for name in sample.truth.data["class_name"]], dtype=torch.long)
-        target = {"class_labels": classes, "boxes": boxes.reshape(-1, 4)}
-        if self._known is not None:
-            target["known_classes"] = self._known.clone()
-        return self._images[index], target
-
-
-def pseudo_labels(detector: Detector, samples: list[ReviewedSample], min_score: float, size: int,
-                  longest: int | None = None) -> list[ReviewedSample]:
-    """``samples`` with the detector's predictions of score >= ``min_score`` as their truth (clipped
-    to the image; boxes under 1 px dropped): a fine-tune's replay images."""
-    labelled = []
-    outputs = predict(detector, [s.filepath for s in samples], shortest_edge=size, longest_edge=longest)
-    for sample, output in zip(samples, outputs):
-        found = output.to_detections(min_score)
-        xyxy = np.clip(np.asarray(found.xyxy, dtype=np.float32).reshape(-1, 4), 0,
-                       [sample.width, sample.height, sample.width, sample.height])
-        keep = ((xyxy[:, 2] - xyxy[:, 0]) >= 1) & ((xyxy[:, 3] - xyxy[:, 1]) >= 1)
-        names = np.asarray(found.data.get("class_name", np.array([], dtype=object)), dtype=object)[keep]
-        labelled.append(replace(sample, truth=sv.Detections(xyxy=xyxy[keep], data={"class_name": names})))
-    return labelled
 
 
 def write_json(path: Path, document: dict) -> None:
@@ -322,19 +279,21 @@ def score_best(work_dir: Path) -> dict:
     config, detector, val = job_config(job), _best_detector(job, work_dir), _samples(job["val"])
     sizes = sorted({max(32, round(job["size"] * scale)) for scale in config.inference_scales or (1.0,)})
     truths, removal = [s.truth for s in val], config.duplicate_iou or None
-    metrics, removed, duplicates = {}, {}, {}
+    chosen: dict[int, tuple[Metrics, float | None]] = {}  # size -> (validation metrics, removal) as chosen there
+    duplicates = {}
     for size in sizes:
         outputs = predict(detector, [s.filepath for s in val], shortest_edge=size, longest_edge=longest_edge(job, size))
         kept = score_outputs(outputs, truths, job["labels"])
-        metrics[size], removed[size] = kept, False
+        chosen[size] = (kept, None)
         if removal:
-            without = score_outputs([replace(out, duplicate_iou=removal) for out in outputs], truths, job["labels"])
-            duplicates[str(size)] = {"kept": round(kept.AP, 4), "removed": round(without.AP, 4)}
-            if removes_duplicates(kept.AP, without.AP, config.tolerance):
-                metrics[size], removed[size] = without, True
-    size = inference_size({size: m.AP for size, m in metrics.items()}, config.tolerance)
-    return {"size": size, "duplicate_iou": removal if removed[size] else None, "metrics": asdict(metrics[size]),
-            "scores": {str(s): round(m.AP, 4) for s, m in metrics.items()}, "duplicates": duplicates}
+            deduplicated = score_outputs([replace(out, duplicate_iou=removal) for out in outputs], truths, job["labels"])
+            duplicates[str(size)] = {"kept": round(kept.AP, 4), "removed": round(deduplicated.AP, 4)}
+            if removes_duplicates(kept.AP, deduplicated.AP, config.tolerance):
+                chosen[size] = (deduplicated, removal)
+    size = inference_size({size: metrics.AP for size, (metrics, _) in chosen.items()}, config.tolerance)
+    metrics, duplicate_iou = chosen[size]
+    return {"size": size, "duplicate_iou": duplicate_iou, "metrics": asdict(metrics),
+            "scores": {str(s): round(m.AP, 4) for s, (m, _) in chosen.items()}, "duplicates": duplicates}
 
 
 def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | None = None,
