@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import gradio as gr
 import numpy as np
 
-from app.inputs import detector_for, image_and_detector, processing_size, threshold_value, with_note
+from app.inputs import (detector_for, image_and_detector, prediction_note, processing_size, threshold_value,
+                        with_note)
 from core.annotate import annotate
 from core.images import ImageError, load_image
 from core.loading import ModelLoadError
@@ -54,7 +55,7 @@ def detect(
     status = (
         f"{len(rows)} detection{'s' if len(rows) != 1 else ''} of {outputs.num_queries} queries in {seconds:.2f} s "
         f"· model `{detector.name}` on {detector.device.type} ({detector.engine_name}) · shortest edge "
-        f"{size or detector.preprocess.shortest_edge} px"
+        f"{size or detector.preprocess.shortest_edge} px{prediction_note(detector)}"
     )
     return annotate(picture, detections), rows, with_note(status, detector, state.models.engine_note(model_name))
 
@@ -87,7 +88,7 @@ def detect_batch(
         gallery.append((annotate(picture, detections), f"{name}: {len(detections)}"))
         rows.extend([name, *row] for row in _rows(detections))
     status = (f"{len(pictures)} images, {len(rows)} detections in {seconds:.2f} s · model `{detector.name}` "
-              f"({detector.engine_name})")
+              f"({detector.engine_name}){prediction_note(detector)}")
     if problems:
         status += "\n\nSkipped:\n" + "\n".join(f"- {p}" for p in problems)
     return gallery, rows, with_note(status, detector, state.models.engine_note(model_name))

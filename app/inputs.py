@@ -67,6 +67,15 @@ def image_and_detector(models: ModelCache, image, model_name: str, missing: str 
     return picture, detector_for(models, model_name)
 
 
+def prediction_note(detector: Detector) -> str:
+    """What a fine-tuned version chose on validation to do after its forward pass, for status lines:
+    duplicate removal and the test-time flip (`core.inference`); empty for hub and bundled models."""
+    parts = [f"duplicates above IoU {detector.duplicate_iou:g} removed"] if detector.duplicate_iou else []
+    if detector.test_time_flip:
+        parts.append("each image also run mirrored and fused (test-time flip)")
+    return "".join(f" · {part}" for part in parts)
+
+
 def with_note(status: str, detector: Detector, engine_note: str | None = None) -> str:
     """``status`` led by the detector's note (e.g. why the bundled model stands in) and the engine's
     (why PyTorch runs instead), if there are any."""

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import gradio as gr
 import numpy as np
 
-from app.inputs import detector_for, image_and_detector, processing_size, threshold_value, with_note
+from app.inputs import (detector_for, image_and_detector, prediction_note, processing_size, threshold_value,
+                        with_note)
 from app.render import attention_overlay, grid_query_at, query_grid, slot_plot
 from core.boxes import box_xyxy_to_cxcywhn
 from core.images import ImageError, load_image
@@ -57,7 +58,7 @@ def run_queries(state: AppState, image, model_name: str, size: int | None, thres
     passed = int(outputs.passed(threshold).sum())
     status = (f"{outputs.num_queries} queries, {passed} at or above {threshold:.2f} · model "
               f"`{detector.name}` (torch: the attention maps need PyTorch) · {cached.seconds:.2f} s (computed once; "
-              "selecting queries reuses it)")
+              f"selecting queries reuses it){prediction_note(detector)}")
     return (key, query_rows(outputs, threshold), query_grid(outputs, threshold),
             gr.update(choices=[str(layer) for layer in sorted(outputs.attention)], value=str(max(outputs.attention))),
             gr.update(choices=[MEAN_HEADS] + [str(h) for h in range(heads)], value=MEAN_HEADS),
@@ -101,8 +102,19 @@ def query_attention(state: AppState, key: str, query, layer=None, head=None, thr
     names = outputs.labels + (["no object"] if outputs.probs.shape[1] > len(outputs.labels) else [])
     details = (f"**Query {query}** · layer {layer} · {'heads averaged' if head is None else f'head {head}'}\n\n"
                "top classes: " + ", ".join(f"{names[i]} {outputs.probs[query, i]:.3f}" for i in top)
-               + f" · no-object {outputs.no_object[query]:.3f}")
+               + f" · no-object {outputs.no_object[query]:.3f}" + _flip_note(outputs, query))
     return overlay, query_grid(outputs, float(threshold), selected=query), details
+
+
+def _flip_note(outputs: QueryOutputs, query: int) -> str:
+    """With the test-time flip, what became of ``query`` (`core.inference.flip_fused`)."""
+    if outputs.flip_partner is None:
+        return ""
+    partner = int(outputs.flip_partner[query])
+    if partner < 0:
+        return "\n\nTest-time flip: no query of the mirrored image found this object, so its probabilities are halved."
+    return (f"\n\nTest-time flip: fused with query {partner} of the mirrored image (probabilities averaged, "
+            "box averaged by score).")
 
 
 def query_index(outputs: QueryOutputs, query) -> int:

@@ -121,7 +121,8 @@ def _queries_tab(state: AppState, image, files, model, threshold, size, model_qu
             gr.Markdown("Colour = top class, brightness = score, white frame = passes the threshold, "
                         "yellow = selected. Dark cells are queries predicting nothing here. A model whose "
                         "fine-tune chose duplicate removal drops a query that repeats a better one of its "
-                        "class: the table says 'duplicate of N'.")
+                        "class: the table says 'duplicate of N'. One that chose the test-time flip fuses each "
+                        "query with its partner in the mirrored image: the query's details say which.")
             with gr.Row():
                 query = gr.Number(label="Query", value=0, precision=0, minimum=0, elem_id="query-index")
                 layer = gr.Dropdown(choices=[], label="Decoder layer", elem_id="query-layer")

@@ -1,6 +1,7 @@
 """COCO evaluation through pycocotools: AP, AP50, AP75, AP small/medium/large and per-class AP.
 
-    python -m core.evaluate --model NAME|PATH --data DIR_OR_JSON [--size 800] [--duplicate-iou 0.7] [--json OUT]
+    python -m core.evaluate --model NAME|PATH --data DIR_OR_JSON [--size 800] [--duplicate-iou 0.7] \
+        [--test-time-flip true|false] [--json OUT]
 
 ``--data`` is a COCO directory (``annotations.json`` next to the image paths it names) or the
 annotations file itself. Categories are matched to the model's labels by name, so a model and a
@@ -11,7 +12,9 @@ Conditional DETR (independent sigmoids) the image's 100 best (query, class) pair
 second class is right still counts, as its own evaluation and transformers'
 ``post_process_object_detection`` do. A model whose config.json sets ``duplicate_iou`` (a fine-tuned
 version that chose it on validation) has duplicates of one class removed first, as it has wherever
-it runs (`core.inference.QueryOutputs.to_detections`).
+it runs (`core.inference.QueryOutputs.to_detections`); one whose config.json sets ``test_time_flip``
+runs each image mirrored too and fuses the two passes (`core.inference.flip_fused`). The flags
+override both.
 """
 
 from __future__ import annotations
@@ -207,6 +210,8 @@ class EvaluateOptions:
     size: int | None = field(default=None, metadata={"help": "shortest edge (none: the model's)"})
     duplicate_iou: float | None = field(default=None, metadata={
         "help": "class-wise duplicate removal at this IoU instead of the model's (config.json's); 0: none"})
+    test_time_flip: bool | None = field(default=None, metadata={
+        "help": "true: also run each image mirrored and fuse the passes; false: one pass; none: as config.json says"})
     batch_size: int = 8
     device: str | None = None
     json: Path | None = field(default=None, metadata={"help": "also write the metrics to this file"})
@@ -226,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             if problem := duplicate_iou_problem(args.duplicate_iou):
                 raise ValueError(problem)
             detector.duplicate_iou = args.duplicate_iou or None
+        if args.test_time_flip is not None:
+            detector.test_time_flip = args.test_time_flip
         metrics = evaluate_model(detector, args.data, args.size, args.batch_size)
     except (ValueError, ModelLoadError, ImageError) as error:
         print(f"error: {error}", file=sys.stderr)

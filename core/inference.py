@@ -11,18 +11,28 @@ No-object probability:
     Conditional DETR (an independent sigmoid per class, no no-object logit): ``1 - max_c p_c``,
     the probability mass the query's best class leaves unclaimed. With this definition a query
     passes a threshold ``t`` exactly when ``no_object <= 1 - t``, as for DETR.
+
+Test-time flip (`flip_fused`, a detector whose config.json sets ``test_time_flip``): the image is
+also run mirrored, and each query is fused with the query of the mirrored pass that found the same
+object (same top class, boxes overlapping by IoU > 0.55 once mirrored back, one-to-one): their
+boxes averaged by score, their probabilities averaged. A query the mirrored pass does not confirm
+has its probabilities averaged with "nothing there" (halved; for DETR the other half goes to
+no-object). The N queries stay the N queries of the image as it is, so query i is still query i.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import supervision as sv
 import torch
 import torch.nn.functional as F
+
+from PIL import Image
+from scipy.optimize import linear_sum_assignment
 
 from core.boxes import box_cxcywhn_to_xyxy, box_iou, clip_boxes_xyxy
 from core.family import ModelFamily
@@ -49,6 +59,8 @@ class QueryOutputs:
     duplicate_iou: the detector's duplicate removal (`core.loading.Detector.duplicate_iou`): of two
         detections of one class overlapping by more than this IoU, `to_detections` (and
         `core.evaluate`) keep the higher-scoring one. None: every query stands, as DETR intends.
+    flip_partner: with the test-time flip (`flip_fused`), ``[N]`` the query of the mirrored pass
+        each query was fused with, -1 where none confirmed it; None without the flip.
     """
 
     probs: np.ndarray
@@ -60,6 +72,7 @@ class QueryOutputs:
     image_size: tuple[int, int]
     attention: dict[int, np.ndarray] = field(default_factory=dict)
     duplicate_iou: float | None = None
+    flip_partner: np.ndarray | None = None
 
     @property
     def num_queries(self) -> int:
@@ -137,6 +150,51 @@ def duplicate_iou_problem(value: float) -> str | None:
     if not 0 <= value < 1:
         return f"duplicate_iou must be at least 0 and below 1 (0: no duplicate removal); got {value}."
     return None
+
+
+FLIP_MATCH_IOU = 0.55  # a query and its mirrored-pass partner: same top class, boxes overlapping by more
+
+
+def mirrored(image: Image.Image) -> Image.Image:
+    """``image`` flipped left to right: the second pass of the test-time flip."""
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def flip_fused(plain: QueryOutputs, flipped: QueryOutputs, iou: float = FLIP_MATCH_IOU) -> QueryOutputs:
+    """``plain``'s queries, each fused with the query of ``flipped`` (the same detector on the mirrored
+    image) that found the same object (module docstring): pairs are matched one-to-one (Hungarian, on
+    IoU) among queries of the same top class overlapping by more than ``iou`` once mirrored back. A pair
+    has its probabilities averaged and its box averaged weighted by each one's score; an unconfirmed
+    query has its probabilities averaged with nothing there (halved; a softmax model's other half goes
+    to no-object). Attention maps stay ``plain``'s; ``flip_partner`` says which query was the partner."""
+    if plain.probs.shape != flipped.probs.shape or plain.image_size != flipped.image_size:
+        raise ValueError("flip_fused needs the same detector's outputs for an image and its mirror image.")
+    width = plain.image_size[0]
+    back = flipped.boxes.copy()
+    back[:, [0, 2]] = width - flipped.boxes[:, [2, 0]]
+    overlap = box_iou(torch.from_numpy(plain.boxes).double(), torch.from_numpy(back).double())[0].numpy()
+    overlap[plain.label_ids[:, None] != flipped.label_ids[None, :]] = 0.0
+    rows, columns = linear_sum_assignment(overlap, maximize=True)
+    matched = overlap[rows, columns] > iou
+    rows, columns = rows[matched], columns[matched]
+
+    classes = len(plain.labels)
+    probs = plain.probs / 2  # an unconfirmed query: averaged with "nothing there"
+    if probs.shape[1] > classes:  # softmax: that half is no-object
+        probs[:, classes] += 0.5
+    probs[rows] = (plain.probs[rows] + flipped.probs[columns]) / 2
+    boxes = plain.boxes.copy()
+    weight_plain, weight_flipped = plain.scores[rows, None], flipped.scores[columns, None]
+    boxes[rows] = (weight_plain * plain.boxes[rows] + weight_flipped * back[columns]) / np.maximum(
+        weight_plain + weight_flipped, 1e-12)
+    label_ids = probs[:, :classes].argmax(1)
+    scores = probs[np.arange(len(probs)), label_ids]
+    partner = np.full(len(probs), -1, dtype=int)
+    partner[rows] = columns
+    return replace(plain, probs=probs.astype(plain.probs.dtype), boxes=boxes.astype(plain.boxes.dtype),
+                   label_ids=label_ids, scores=scores.astype(plain.scores.dtype),
+                   no_object=(probs[:, classes] if probs.shape[1] > classes else 1 - scores).astype(plain.scores.dtype),
+                   flip_partner=partner)
 
 
 def without_duplicates(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou: float) -> np.ndarray:
@@ -236,6 +294,7 @@ def predict(
     longest_edge: int | None = None,
     attention_layers: Sequence[int] | None = None,
     batch_size: int = 8,
+    test_time_flip: bool | None = None,
 ) -> list[QueryOutputs]:
     """Run ``detector`` on ``images`` and keep every object query.
 
@@ -245,6 +304,8 @@ def predict(
         attention_layers: decoder layers whose cross-attention to keep (``[-1]`` = last);
             None keeps none and is faster.
         batch_size: images per forward pass; mixed sizes are padded within a batch.
+        test_time_flip: also run each image mirrored and fuse the two (`flip_fused`; the mirrored
+            pass keeps no attention); None: as the detector's config says (``test_time_flip``).
 
     Returns:
         One `QueryOutputs` per image, in order.
@@ -257,10 +318,14 @@ def predict(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1.")
+    flip = detector.test_time_flip if test_time_flip is None else test_time_flip
     decoded = [load_image(image) for image in images]
     results: list[QueryOutputs] = []
     for start in range(0, len(decoded), batch_size):
-        results.extend(
-            _run_batch(detector, decoded[start : start + batch_size], shortest_edge, longest_edge, attention_layers)
-        )
+        chunk = decoded[start : start + batch_size]
+        outputs = _run_batch(detector, chunk, shortest_edge, longest_edge, attention_layers)
+        if flip:
+            mirror = _run_batch(detector, [mirrored(image) for image in chunk], shortest_edge, longest_edge, None)
+            outputs = [flip_fused(plain, flipped) for plain, flipped in zip(outputs, mirror)]
+        results.extend(outputs)
     return results

@@ -87,6 +87,10 @@ class Detector:
     # config.json's ``duplicate_iou``, which a fine-tune sets when it removed duplicates of a new class on its
     # validation split (docs/fine-tuning.md). None (hub models, the bundled one): every query stands, as DETR intends.
     duplicate_iou: float | None = None
+    # The test-time flip (`core.inference.flip_fused`): each image also runs mirrored and the two passes are fused;
+    # config.json's ``test_time_flip``, which a fine-tune sets when it raised AP on its validation split. Twice the
+    # forward passes. False (hub models, the bundled one): one pass.
+    test_time_flip: bool = False
 
     @property
     def kind(self) -> str:
@@ -143,6 +147,16 @@ def _duplicate_iou(config: PreTrainedModel, where: str) -> float | None:
                              "between 0 and 1 (the IoU above which the lower-scoring of two detections of one "
                              "class is dropped) or absent. Fix or remove it.")
     return float(value)
+
+
+def _test_time_flip(config: PreTrainedModel, where: str) -> bool:
+    value = getattr(config, "test_time_flip", None)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ModelLoadError(f"{where} has a config.json whose test_time_flip is {value!r}; it must be true, false "
+                             "or absent (whether each image is also run mirrored). Fix or remove it.")
+    return value
 
 
 def _preprocess_config(directory: Path, where: str) -> PreprocessConfig:
@@ -314,7 +328,7 @@ def load_detector(
     except Exception as error:  # transformers validates fields with error types of its own
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise ModelLoadError(f"{where} has a config.json transformers cannot read ({reason}).") from None
-    duplicate_iou = _duplicate_iou(config, where)
+    duplicate_iou, test_time_flip = _duplicate_iou(config, where), _test_time_flip(config, where)
 
     _check_weight_files(directory, where)
     try:
@@ -349,6 +363,7 @@ def load_detector(
         source=directory,
         preprocess=_preprocess_config(directory, where),
         duplicate_iou=duplicate_iou,
+        test_time_flip=test_time_flip,
     )
 
 

@@ -128,3 +128,27 @@ def test_a_query_dropped_as_a_duplicate_says_which_it_repeats():
                            no_object=1 - probs.max(1), labels=["star", "circle"], image_size=(200, 200),
                            duplicate_iou=0.7)
     assert [row[-1] for row in queries.query_rows(outputs, 0.5)] == ["duplicate of 1", "yes", "no"]
+
+
+def test_a_version_with_the_test_time_flip_says_so_and_names_each_query_s_partner(state, tiny_detr_dir, tmp_path):
+    import json
+    import shutil
+
+    from app.detect import detect
+
+    directory = tmp_path / "flipping"
+    shutil.copytree(tiny_detr_dir, directory)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "test_time_flip": True, "duplicate_iou": 0.7}))
+    image = data.coffee()[::4, ::4]
+    *_, status = detect(state, image, str(directory), 0.5, 64)
+    assert "duplicates above IoU 0.7 removed · each image also run mirrored and fused (test-time flip)" in status
+    key, *_, status = queries.run_queries(state, image, str(directory), 64, 0.5)
+    assert "test-time flip" in status
+    outputs = state.queries.get(key).outputs
+    assert outputs.flip_partner is not None and len(outputs.flip_partner) == outputs.num_queries
+    for query in range(outputs.num_queries):
+        _, _, details = queries.query_attention(state, key, query)
+        partner = int(outputs.flip_partner[query])
+        assert (f"fused with query {partner} of the mirrored image" if partner >= 0
+                else "no query of the mirrored image found this object") in details

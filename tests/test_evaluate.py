@@ -60,6 +60,17 @@ def test_cli_evaluates_a_model(shapes_coco, tiny_detr_dir, tmp_path, capsys):
     assert 0.0 <= metrics["AP"] <= 1.0 and metrics["images"] == 12
 
 
+def test_cli_test_time_flip_overrides_the_model_s_config(shapes_coco, tmp_path):
+    runs = {}
+    for flag in ("none", "true", "false"):  # none: as the model's config.json says (the bundled model: one pass)
+        out = tmp_path / f"{flag}.json"
+        assert main(["--model", "bundled", "--data", str(shapes_coco), "--json", str(out), "--test-time-flip", flag]) == 0
+        runs[flag] = json.loads(out.read_text())
+    assert runs["none"] == runs["false"]
+    # the mirrored pass moves boxes and halves the queries it does not confirm: the scores change
+    assert runs["true"]["per_class"] != runs["false"]["per_class"] and runs["true"]["AP"] > 0.3
+
+
 def test_cli_refuses_a_duplicate_iou_out_of_range(tmp_path, tiny_detr_dir, capsys):
     (tmp_path / "annotations.json").write_text('{"images": [], "categories": [{"id": 1, "name": "circle"}]}')
     assert main(["--model", str(tiny_detr_dir), "--data", str(tmp_path), "--duplicate-iou", "1"]) == 2

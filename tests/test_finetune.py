@@ -208,8 +208,16 @@ def test_shortened_end_to_end_learns_the_new_class(review_store, tmp_path):
     assert result.duplicate_iou in (0.7, None)
     margin = scored["removed"] - (scored["kept"] - 0.01)  # the rule on unrounded AP; version.json has 4 digits
     assert margin >= -1e-4 if result.duplicate_iou else margin < 1e-4, (scored, result.duplicate_iou)
-    assert chosen["validation_ap"][size] == scored["removed" if result.duplicate_iou else "kept"]
     assert load_detector(version.path).duplicate_iou == result.duplicate_iou
+    # then the test-time flip, on the removal's choice: the same rule, the AP reported is the one chosen
+    flips = info["test_time_flip"]
+    assert set(flips["validation_ap"]) == {"288", "324", "360"} and flips["on"] == result.test_time_flip
+    plain, flipped = flips["validation_ap"][size]["plain"], flips["validation_ap"][size]["flipped"]
+    assert plain == scored["removed" if result.duplicate_iou else "kept"]
+    margin = flipped - (plain - 0.01)
+    assert margin >= -1e-4 if result.test_time_flip else margin < 1e-4, (plain, flipped, result.test_time_flip)
+    assert chosen["validation_ap"][size] == (flipped if result.test_time_flip else plain)
+    assert load_detector(version.path).test_time_flip == result.test_time_flip
     # 60 held-out images: with 24, one class's AP moved by up to ~0.2 between runs of the same training
     held_out = write_coco(tmp_path / "held_out", 60, 3_000_000, ShapesSpec(with_star=True))
     before = evaluate_model(load_detector("bundled"), held_out.parent)
@@ -315,16 +323,16 @@ def test_the_inference_size_is_the_smallest_within_tolerance_of_the_best(scores,
     assert inference_size(scores, tolerance=0.01) == chosen
 
 
-@pytest.mark.parametrize("kept, removed, removes", [
-    (0.60, 0.62, True),  # duplicates of a new class cost precision: removing them earns AP
-    (0.60, 0.60, True),  # no duplicates on validation: the removal changes nothing and is kept
+@pytest.mark.parametrize("without, with_it, kept", [
+    (0.60, 0.62, True),  # duplicates of a new class cost precision / its boxes are unsure: the change earns AP
+    (0.60, 0.60, True),  # nothing to change on validation: kept
     (0.60, 0.595, True),  # a few thousandths lower: within what ~10 validation images can tell apart
-    (0.60, 0.585, False),  # objects of one class overlapping closely: the removal clearly costs, not kept
+    (0.60, 0.585, False),  # objects of one class overlapping closely, a model worse mirrored: clearly costs
 ])
-def test_duplicate_removal_is_kept_unless_validation_ap_is_clearly_lower(kept, removed, removes):
-    from training.choices import removes_duplicates
+def test_removal_and_flip_are_kept_unless_validation_ap_is_clearly_lower(without, with_it, kept):
+    from training.choices import keeps
 
-    assert removes_duplicates(kept, removed, tolerance=0.01) is removes
+    assert keeps(without, with_it, tolerance=0.01) is kept
 
 
 def test_the_kept_epoch_is_the_latest_within_tolerance_of_the_best_score():

@@ -208,3 +208,81 @@ def test_to_detections_removes_duplicates_when_the_model_says_so():
     assert outputs.duplicates(0.5) == {0: 1}
     outputs.duplicate_iou = None
     assert outputs.duplicates(0.5) == {}
+
+
+def _outputs(boxes, probs, labels, width=200, height=100):
+    from core.inference import QueryOutputs
+
+    probs = np.asarray(probs, dtype=np.float32)
+    real = probs[:, : len(labels)]
+    no_object = probs[:, -1] if probs.shape[1] > len(labels) else 1 - real.max(1)
+    return QueryOutputs(probs=probs, boxes=np.asarray(boxes, dtype=np.float32), label_ids=real.argmax(1),
+                        scores=real.max(1), no_object=no_object, labels=labels, image_size=(width, height))
+
+
+def _mirror(boxes, width=200):
+    boxes = np.asarray(boxes, dtype=np.float32)
+    return np.column_stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]])
+
+
+def test_flip_fused_averages_each_query_with_its_mirrored_partner_and_halves_the_unconfirmed():
+    from core.inference import flip_fused
+
+    labels = ["circle", "star"]  # sigmoid: no no-object column
+    plain = _outputs([[10, 10, 60, 60], [100, 20, 150, 70], [150, 0, 190, 40]],
+                     [[0.1, 0.8], [0.6, 0.0], [0.0, 0.9]], labels)
+    # the mirrored pass, its boxes in the mirrored image: query 0 finds plain's query 0 a little to the
+    # right (the partner); query 1 finds it less well (IoU ~0.7, also above 0.55: one-to-one keeps the
+    # better); query 2 sees plain's circle as a star (another top class: no partner)
+    flipped = _outputs(_mirror([[16, 10, 60, 60], [12, 10, 62, 60], [100, 20, 150, 70]]),
+                       [[0.0, 0.5], [0.3, 0.6], [0.0, 0.7]], labels)
+    fused = flip_fused(plain, flipped)
+    assert fused.flip_partner.tolist() == [1, -1, -1]
+    assert fused.probs[0] == pytest.approx([0.2, 0.7])  # the pair's probabilities averaged
+    # the pair's box: averaged weighted by each one's score (0.8 and 0.6), in the image's own coordinates
+    assert fused.boxes[0] == pytest.approx((0.8 * np.array([10, 10, 60, 60]) + 0.6 * np.array([12, 10, 62, 60])) / 1.4)
+    assert fused.probs[1:] == pytest.approx(plain.probs[1:] / 2)  # unconfirmed: averaged with nothing there
+    assert fused.boxes[1:] == pytest.approx(plain.boxes[1:])
+    assert fused.label_ids.tolist() == [1, 0, 1] and fused.scores == pytest.approx([0.7, 0.3, 0.45])
+    assert fused.no_object == pytest.approx(1 - fused.scores)
+    assert fused.num_queries == plain.num_queries  # query i is still query i
+
+
+def test_flip_fused_gives_a_softmax_model_s_unconfirmed_half_to_no_object():
+    from core.inference import flip_fused
+
+    labels = ["circle", "star"]  # softmax: the last column is no-object
+    plain = _outputs([[10, 10, 60, 60], [120, 10, 170, 60]], [[0.1, 0.7, 0.2], [0.8, 0.1, 0.1]], labels)
+    flipped = _outputs(_mirror([[10, 10, 60, 60], [0, 0, 5, 5]]), [[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]], labels)
+    fused = flip_fused(plain, flipped)
+    assert fused.flip_partner.tolist() == [0, -1]
+    assert fused.probs[0] == pytest.approx([0.15, 0.6, 0.25])
+    assert fused.probs[1] == pytest.approx([0.4, 0.05, 0.55])  # half of it, and half "nothing there"
+    assert fused.probs.sum(1) == pytest.approx([1.0, 1.0])
+    assert fused.no_object == pytest.approx([0.25, 0.55]) and fused.scores == pytest.approx([0.6, 0.4])
+
+
+def test_flip_fused_refuses_outputs_of_different_images():
+    from core.inference import flip_fused
+
+    plain = _outputs([[0, 0, 10, 10]], [[0.5, 0.5]], ["circle", "star"])
+    other = _outputs([[0, 0, 10, 10]], [[0.5, 0.5]], ["circle", "star"], width=300)
+    with pytest.raises(ValueError, match="an image and its mirror image"):
+        flip_fused(plain, other)
+
+
+def test_predict_with_the_test_time_flip_fuses_the_mirrored_pass(tiny_model_dir, images):
+    from core.inference import flip_fused, mirrored
+    from core.images import load_image
+
+    detector = load_detector(tiny_model_dir, device="cpu")
+    plain = predict(detector, images[:3], shortest_edge=192, attention_layers=[-1])
+    mirror = predict(detector, [mirrored(load_image(image)) for image in images[:3]], shortest_edge=192)
+    detector.test_time_flip = True  # as a fine-tuned version's config.json says
+    fused = predict(detector, images[:3], shortest_edge=192, attention_layers=[-1])
+    for got, one, other in zip(fused, plain, mirror):
+        want = flip_fused(one, other)
+        assert got.flip_partner is not None and np.array_equal(got.flip_partner, want.flip_partner)
+        assert np.allclose(got.probs, want.probs, atol=1e-5) and np.allclose(got.boxes, want.boxes, atol=1e-3)
+        assert np.array_equal(got.attention[max(got.attention)], one.attention[max(one.attention)])  # the image's own
+    assert predict(detector, images[:1], shortest_edge=192, test_time_flip=False)[0].flip_partner is None

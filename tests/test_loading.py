@@ -224,6 +224,17 @@ def test_preprocessor_config_is_read(tmp_path, tiny_detr_dir):
     assert detector.preprocess.image_mean == (0.5, 0.5, 0.5)
 
 
+def test_the_test_time_flip_is_read_from_config_and_checked(tmp_path, tiny_detr_dir):
+    assert load_detector(tiny_detr_dir).test_time_flip is False  # hub and bundled models: one pass
+    directory = _copy(tiny_detr_dir, tmp_path / "m")
+    _edit_config(directory, test_time_flip=True)
+    assert load_detector(directory).test_time_flip is True
+    for bad in ("true", 1, 0):
+        _edit_config(directory, test_time_flip=bad)
+        with pytest.raises(ModelLoadError, match="test_time_flip is .* it must be true, false or absent"):
+            load_detector(directory)
+
+
 def test_duplicate_removal_is_read_from_config_and_checked(tmp_path, tiny_detr_dir):
     assert load_detector(tiny_detr_dir).duplicate_iou is None  # hub and bundled models: every query stands
     directory = _copy(tiny_detr_dir, tmp_path / "m")

@@ -1,5 +1,5 @@
 """What a fine-tune decides from its validation split: which epoch to keep, when to stop, the new
-version's inference size and duplicate removal, and which old classes it forgot.
+version's inference size, duplicate removal and test-time flip, and which old classes it forgot.
 
 Pure functions of validation scores (no models, no files), so each rule is tested on a table of
 hand-made cases; `training.job` calls them while it trains and when it writes the version.
@@ -56,12 +56,17 @@ def inference_size(scores: dict[int, float], tolerance: float) -> int:
     return min(size for size, ap in scores.items() if ap >= best - tolerance)
 
 
-def removes_duplicates(kept_ap: float, removed_ap: float, tolerance: float) -> bool:
-    """Whether a version removes duplicate detections (class-wise NMS): unless validation AP with the
-    removal (``removed_ap``) is lower than without it (``kept_ap``, the same forward pass) by more than
-    ``tolerance``. DETR is meant to leave one query per object, and does for the classes it learned from
-    thousands of images, but a class learned from tens of reviewed ones is often found twice: on six
-    star checks the removal raised held-out star AP in five (+0.007 to +0.015) while ~10 validation
-    images ranked it either way by a few thousandths (docs/fine-tuning.md). Where objects of one class
-    overlap closely the removal costs clearly more than that, and is not kept."""
-    return removed_ap >= kept_ap - tolerance
+def keeps(without_ap: float, with_ap: float, tolerance: float) -> bool:
+    """Whether a version keeps a change to how its predictions are made — duplicate removal (class-wise
+    NMS) or the test-time flip — scored on the same validation forward pass: unless validation AP with
+    it (``with_ap``) is lower than without it (``without_ap``) by more than ``tolerance``.
+
+    DETR is meant to leave one query per object, and does for the classes it learned from thousands of
+    images, but a class learned from tens of reviewed ones is often found twice, and its boxes are
+    less sure: on eight star checks the removal raised held-out star AP on six (+0.007 to +0.023), and
+    the flip on top of it on all eight (+0.003 to +0.035, old classes too), while ~10 validation images
+    ranked either by a few thousandths either way (docs/fine-tuning.md). Where one costs clearly more
+    than that on validation (objects of one class overlapping closely; a model that reads mirrored
+    images worse), it is not kept.
+    """
+    return with_ap >= without_ap - tolerance

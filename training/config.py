@@ -48,6 +48,10 @@ class FinetuneConfig:
     # epoch is scored on validation with and without it and the version keeps it unless AP is lower with it by more
     # than `tolerance` (a class learned from tens of images is often found twice; training.choices). 0: never.
     duplicate_iou: float = 0.7
+    # The test-time flip the new version may keep (config.json's test_time_flip, `core.inference.flip_fused`): each
+    # image also runs mirrored and the two passes are fused (boxes averaged, unconfirmed queries halved); kept unless
+    # validation AP is lower with it by more than `tolerance`. Twice the forward passes. False: never.
+    test_time_flip: bool = True
     # Weight of query-index distillation from the frozen base model (core.distill); 0: off. With "heads" or
     # "last_layer" training the teacher shares the student's frozen trunk and costs little.
     distill: float = 1.0

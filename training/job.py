@@ -5,9 +5,11 @@
 - `run_chunk` (the GPU part; on a ZeroGPU Space inside ``@spaces.GPU``): trains from the job's
   last checkpoint until it ends or a time budget is used up; touches only the job folder;
 - `finish`: scores the best epoch on validation at a few inference sizes, with and without
-  duplicate removal (`score_best`), and writes it as a registry version (or a folder) as chosen.
+  duplicate removal and the test-time flip (`score_best`), and writes it as a registry version (or
+  a folder) as chosen.
 
-What validation decides (the epoch kept, stopping, the size, duplicate removal, forgetting) is in
+What validation decides (the epoch kept, stopping, the size, duplicate removal, the flip,
+forgetting) is in
 `training.choices`.
 
 `continue_job` runs the chunks to the end and finishes; after a restart it picks an interrupted
@@ -38,15 +40,15 @@ from safetensors.torch import load_file, save_file
 
 from core.distill import SHARES_ENCODER, QueryDistillation
 from core.evaluate import Metrics, evaluate_images, score_outputs
-from core.inference import predict
+from core.images import load_image
+from core.inference import flip_fused, mirrored, predict
 from core.flags import from_dict
 from core.heads import extend_head
 from core.hybrid import build_branch
 from core.loading import Detector, VersionDir, load_detector_or_bundled
 from core.train import FROZEN_TRUNK, Progress, train
 from datasets.review import ReviewedSample
-from training.choices import (FORGETTING_LIMIT, forgotten_classes, inference_size, next_kept, removes_duplicates,
-                              smoothed_ap)
+from training.choices import FORGETTING_LIMIT, forgotten_classes, inference_size, keeps, next_kept, smoothed_ap
 from training.config import FinetuneConfig
 from training.data import ReviewedDataset, pseudo_labels
 from training.registry import Registry
@@ -77,13 +79,15 @@ class FinetuneResult:
     seconds: float = 0.0
     inference_size: int | None = None  # the new version's shortest edge, chosen on validation (`score_best`)
     duplicate_iou: float | None = None  # the new version's duplicate removal, chosen on validation; None: none
+    test_time_flip: bool = False  # whether the new version also runs each image mirrored, chosen on validation
 
     @property
     def choices_note(self) -> str:
         """What validation chose for the version, in words (CLI, Train tab)."""
         removal = (f"duplicates of a class above IoU {self.duplicate_iou:g} removed" if self.duplicate_iou
                    else "no duplicate removal")
-        return f"inference at {self.inference_size} px, {removal} (chosen on validation)"
+        flip = "each image also run mirrored" if self.test_time_flip else "one pass per image"
+        return f"inference at {self.inference_size} px, {removal}, {flip} (chosen on validation)"
 
 
 def write_json(path: Path, document: dict) -> None:
@@ -167,15 +171,15 @@ def create_job(samples: list[ReviewedSample], val_ids: set[str], base: Detector 
 
 def _job_detector(job: dict, device: str | None = None, loaded: Detector | None = None) -> Detector:
     """The job's base model (``loaded``, else loaded here) with its head grown to the job's labels (new
-    rows seeded alike every time), without the base's duplicate removal: validation scores what the
-    model predicts, and `score_best` decides the new version's removal."""
+    rows seeded alike every time), without the base's duplicate removal and test-time flip: validation
+    scores what the model predicts in one pass, and `score_best` decides the new version's."""
     detector = loaded or load_detector_or_bundled(job["base_dir"], device)
     torch.manual_seed(job_config(job).train.seed)
     try:
         extend_head(detector.model, job["labels"])
     except ValueError as error:
         raise FinetuneError(str(error)) from None
-    detector.labels, detector.duplicate_iou = job["labels"], None
+    detector.labels, detector.duplicate_iou, detector.test_time_flip = job["labels"], None, False
     return detector
 
 
@@ -269,37 +273,51 @@ def _best_detector(job: dict, work_dir: Path, device: str | None = None) -> Dete
 
 def score_best(work_dir: Path) -> dict:
     """The job's best epoch scored on the validation split at each of `FinetuneConfig.inference_scales`
-    of the training size, each without and with duplicate removal (`FinetuneConfig.duplicate_iou`;
-    one forward pass scored both ways): ``{"size": the chosen shortest edge, "duplicate_iou": the
-    removal chosen or None, "metrics": its `Metrics` as a dict, "scores": {size: AP as chosen},
-    "duplicates": {size: {"kept": AP, "removed": AP}}}``. Reads only files: on ZeroGPU it runs in the
-    GPU worker, and `finish` writes the version in the main process."""
+    of the training size, each without and with duplicate removal (`FinetuneConfig.duplicate_iou`) and
+    then without and with the test-time flip (`FinetuneConfig.test_time_flip`), each kept as
+    `training.choices.keeps` says; one forward pass per size (and one of the mirrored images) is scored
+    every way. Returns ``{"size": the chosen shortest edge, "duplicate_iou": the removal chosen or None,
+    "test_time_flip": bool, "metrics": its `Metrics` as a dict, "scores": {size: AP as chosen},
+    "duplicates": {size: {"kept": AP, "removed": AP}}, "flips": {size: {"plain": AP, "flipped": AP}}}``.
+    Reads only files: on ZeroGPU it runs in the GPU worker, and `finish` writes the version in the main
+    process."""
     work_dir = Path(work_dir)
     job = read_job(work_dir)
     config, detector, val = job_config(job), _best_detector(job, work_dir), _samples(job["val"])
     sizes = sorted({max(32, round(job["size"] * scale)) for scale in config.inference_scales or (1.0,)})
-    truths, removal = [s.truth for s in val], config.duplicate_iou or None
-    chosen: dict[int, tuple[Metrics, float | None]] = {}  # size -> (validation metrics, removal) as chosen there
-    duplicates = {}
+    truths, removal, labels = [s.truth for s in val], config.duplicate_iou or None, job["labels"]
+    images = [load_image(s.filepath) for s in val]
+    chosen: dict[int, tuple[Metrics, float | None, bool]] = {}  # size -> (validation metrics, removal, flip) as chosen
+    duplicates, flips = {}, {}
     for size in sizes:
-        outputs = predict(detector, [s.filepath for s in val], shortest_edge=size, longest_edge=longest_edge(job, size))
-        kept = score_outputs(outputs, truths, job["labels"])
-        chosen[size] = (kept, None)
+        resize = {"shortest_edge": size, "longest_edge": longest_edge(job, size)}
+        outputs = predict(detector, images, **resize)
+        metrics, kept_removal = score_outputs(outputs, truths, labels), None
         if removal:
-            deduplicated = score_outputs([replace(out, duplicate_iou=removal) for out in outputs], truths, job["labels"])
-            duplicates[str(size)] = {"kept": round(kept.AP, 4), "removed": round(deduplicated.AP, 4)}
-            if removes_duplicates(kept.AP, deduplicated.AP, config.tolerance):
-                chosen[size] = (deduplicated, removal)
-    size = inference_size({size: metrics.AP for size, (metrics, _) in chosen.items()}, config.tolerance)
-    metrics, duplicate_iou = chosen[size]
-    return {"size": size, "duplicate_iou": duplicate_iou, "metrics": asdict(metrics),
-            "scores": {str(s): round(m.AP, 4) for s, (m, _) in chosen.items()}, "duplicates": duplicates}
+            deduplicated = score_outputs([replace(out, duplicate_iou=removal) for out in outputs], truths, labels)
+            duplicates[str(size)] = {"kept": round(metrics.AP, 4), "removed": round(deduplicated.AP, 4)}
+            if keeps(metrics.AP, deduplicated.AP, config.tolerance):
+                metrics, kept_removal = deduplicated, removal
+        flip = False
+        if config.test_time_flip:
+            mirror = predict(detector, [mirrored(image) for image in images], **resize)
+            fused = [replace(flip_fused(out, other), duplicate_iou=kept_removal) for out, other in zip(outputs, mirror)]
+            flipped = score_outputs(fused, truths, labels)
+            flips[str(size)] = {"plain": round(metrics.AP, 4), "flipped": round(flipped.AP, 4)}
+            if keeps(metrics.AP, flipped.AP, config.tolerance):
+                metrics, flip = flipped, True
+        chosen[size] = (metrics, kept_removal, flip)
+    size = inference_size({size: metrics.AP for size, (metrics, _, _) in chosen.items()}, config.tolerance)
+    metrics, duplicate_iou, flip = chosen[size]
+    return {"size": size, "duplicate_iou": duplicate_iou, "test_time_flip": flip, "metrics": asdict(metrics),
+            "scores": {str(s): round(m.AP, 4) for s, (m, _, _) in chosen.items()}, "duplicates": duplicates,
+            "flips": flips}
 
 
 def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | None = None,
            after: dict | None = None) -> FinetuneResult:
     """Write the job's best epoch as a new registry version (or to ``out_dir``) at the inference size
-    and with the duplicate removal `score_best` chose, with its validation metrics (``after``, from
+    with the duplicate removal and test-time flip `score_best` chose, with its validation metrics (``after``, from
     `score_best`; scored here when not given)."""
     work_dir = Path(work_dir)
     job = read_job(work_dir)
@@ -323,6 +341,11 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
         model.config.duplicate_iou = duplicate_iou  # config.json: every loader of the version removes them
     elif hasattr(model.config, "duplicate_iou"):  # a base version's removal, not chosen for this one
         del model.config.duplicate_iou
+    flip = bool(scored.get("test_time_flip"))
+    if flip:
+        model.config.test_time_flip = True  # config.json: every loader of the version runs the mirror too
+    elif hasattr(model.config, "test_time_flip"):
+        del model.config.test_time_flip
     train_set, val_set = _samples(job["train"]), _samples(job["val"])
     before = Metrics(**job["before"])
     outcome = FinetuneResult(status=job["status"], labels=labels, before=before, after=after,
@@ -330,7 +353,7 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
                              train_ids=[s.sample_id for s in train_set], val_ids=[s.sample_id for s in val_set],
                              seconds=job["seconds"], forgotten=forgotten_classes(before, after,
                                                                                  job.get("base_labels", labels)),
-                             inference_size=size, duplicate_iou=duplicate_iou or None)
+                             inference_size=size, duplicate_iou=duplicate_iou or None, test_time_flip=flip)
     info = {
         "parent": job["base"], "labels": labels, "kind": job["kind"], "dataset": job["dataset"], "status": job["status"],
         "steps": job["steps"], "best_epoch": job["best"]["epoch"], "seconds": round(job["seconds"], 1),
@@ -340,8 +363,10 @@ def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | Non
         "forgetting": {"limit": FORGETTING_LIMIT, "classes": outcome.forgotten},
         # the shortest edge the version runs at, chosen on the validation split (AP at each size tried)
         "inference_size": {"shortest_edge": size, "longest_edge": longest, "validation_ap": scored["scores"]},
-        # class-wise duplicate removal (config.json's duplicate_iou), kept where validation AP was no lower with it
+        # class-wise duplicate removal (config.json's duplicate_iou) and the test-time flip (config.json's
+        # test_time_flip), each kept unless validation AP was lower with it by more than the tolerance
         "duplicates": {"iou": duplicate_iou or None, "validation_ap": scored.get("duplicates", {})},
+        "test_time_flip": {"on": flip, "validation_ap": scored.get("flips", {})},
         "split": {"rule": RULE, "val_fraction": config.val_fraction},
         "train_ids": outcome.train_ids, "val_ids": outcome.val_ids,
         "replay_ids": [r["sample_id"] for r in job.get("replay", [])],
