@@ -30,7 +30,6 @@ import numpy as np
 import supervision as sv
 import torch
 import torch.nn.functional as F
-
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
