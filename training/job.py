@@ -9,8 +9,7 @@
   a folder) as chosen.
 
 What validation decides (the epoch kept, stopping, the size, duplicate removal, the flip,
-forgetting) is in
-`training.choices`.
+forgetting) is in `training.choices`.
 
 `continue_job` runs the chunks to the end and finishes; after a restart it picks an interrupted
 job up from its last checkpoint.
