@@ -64,8 +64,8 @@ def keeps(without_ap: float, with_ap: float, tolerance: float) -> bool:
     DETR is meant to leave one query per object, and does for the classes it learned from thousands of
     images, but a class learned from tens of reviewed ones is often found twice, and its boxes are
     less sure: on eight star checks the removal raised held-out star AP on six (+0.007 to +0.023), and
-    the flip on top of it on all nine of ten where validation kept it (+0.009 to +0.033; the old
-    classes mostly rose too), while ~10 validation images ranked either by a few thousandths either
+    the flip on top of it on all thirteen of fourteen where validation kept it (+0.009 to +0.038; the
+    old classes mostly rose too), while ~10 validation images ranked either by a few thousandths either
     way (docs/fine-tuning.md). Where one costs clearly more than that on validation (objects of one
     class overlapping closely; a model that reads mirrored images worse), it is not kept.
     """
