@@ -116,8 +116,7 @@ class QueryOutputs:
         dropped = np.setdiff1d(np.flatnonzero(self.passed(threshold)), kept)
         if not len(dropped):
             return {}
-        overlap = box_iou(torch.from_numpy(self.boxes[dropped]).double(), torch.from_numpy(self.boxes[kept]).double())[0]
-        overlap = overlap.numpy()
+        overlap = pairwise_iou(self.boxes[dropped], self.boxes[kept])
         overlap[self.label_ids[dropped][:, None] != self.label_ids[kept][None, :]] = -1
         return {int(q): int(kept[j]) for q, j in zip(dropped, overlap.argmax(1))}
 
@@ -151,6 +150,12 @@ def duplicate_iou_problem(value: float) -> str | None:
     return None
 
 
+def pairwise_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
+    """``[N, M]`` IoU of xyxy pixel boxes ``[N, 4]`` and ``[M, 4]`` (`core.boxes.box_iou`, in float64)."""
+    return box_iou(torch.from_numpy(np.asarray(boxes1, dtype=np.float64)),
+                   torch.from_numpy(np.asarray(boxes2, dtype=np.float64)))[0].numpy()
+
+
 FLIP_MATCH_IOU = 0.55  # a query and its mirrored-pass partner: same top class, boxes overlapping by more
 
 
@@ -171,7 +176,7 @@ def flip_fused(plain: QueryOutputs, flipped: QueryOutputs, iou: float = FLIP_MAT
     width = plain.image_size[0]
     back = flipped.boxes.copy()
     back[:, [0, 2]] = width - flipped.boxes[:, [2, 0]]
-    overlap = box_iou(torch.from_numpy(plain.boxes).double(), torch.from_numpy(back).double())[0].numpy()
+    overlap = pairwise_iou(plain.boxes, back)
     overlap[plain.label_ids[:, None] != flipped.label_ids[None, :]] = 0.0
     rows, columns = linear_sum_assignment(overlap, maximize=True)
     matched = overlap[rows, columns] > iou

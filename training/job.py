@@ -286,6 +286,7 @@ def score_best(work_dir: Path) -> dict:
     sizes = sorted({max(32, round(job["size"] * scale)) for scale in config.inference_scales or (1.0,)})
     truths, removal, labels = [s.truth for s in val], config.duplicate_iou or None, job["labels"]
     images = [load_image(s.filepath) for s in val]
+    mirrors = [mirrored(image) for image in images] if config.test_time_flip else []
     chosen: dict[int, tuple[Metrics, float | None, bool]] = {}  # size -> (validation metrics, removal, flip) as chosen
     duplicates, flips = {}, {}
     for size in sizes:
@@ -299,7 +300,7 @@ def score_best(work_dir: Path) -> dict:
                 metrics, kept_removal = deduplicated, removal
         flip = False
         if config.test_time_flip:
-            mirror = predict(detector, [mirrored(image) for image in images], **resize)
+            mirror = predict(detector, mirrors, **resize)
             fused = [replace(flip_fused(out, other), duplicate_iou=kept_removal) for out, other in zip(outputs, mirror)]
             flipped = score_outputs(fused, truths, labels)
             flips[str(size)] = {"plain": round(metrics.AP, 4), "flipped": round(flipped.AP, 4)}
@@ -316,8 +317,8 @@ def score_best(work_dir: Path) -> dict:
 def finish(work_dir: Path, registry: Registry | None = None, out_dir: Path | None = None,
            after: dict | None = None) -> FinetuneResult:
     """Write the job's best epoch as a new registry version (or to ``out_dir``) at the inference size
-    with the duplicate removal and test-time flip `score_best` chose, with its validation metrics (``after``, from
-    `score_best`; scored here when not given)."""
+    with the duplicate removal and test-time flip `score_best` chose, with its validation metrics
+    (``after``, from `score_best`; scored here when not given)."""
     work_dir = Path(work_dir)
     job = read_job(work_dir)
     if job["status"] == "registered":
